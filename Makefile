@@ -1,0 +1,22 @@
+# Every target works on a fresh Debian 12 machine after `.ci/setup` (which .ci/run calls).
+GO      ?= go
+BIN     := bin/osbuild
+export CGO_ENABLED := 0
+
+.PHONY: build test test-short bench demo clean
+build:
+	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/osbuild
+
+# The full suite: real registry, real tools, QEMU boots. -short skips those for a quick edit loop.
+test: build
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 40m ./...
+
+test-short:
+	$(GO) test -short ./...
+
+bench: build
+	@for b in bench/*.sh; do echo "== $$b"; bash $$b || exit 1; done
+
+clean:
+	rm -rf bin
