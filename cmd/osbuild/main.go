@@ -7,6 +7,9 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"osbuild.dev/osbuild/builder"
+	"osbuild.dev/osbuild/layers"
 )
 
 var rootCmd = &cobra.Command{
@@ -14,6 +17,22 @@ var rootCmd = &cobra.Command{
 	Short:         "Build immutable, verified A/B OS images from OCI images",
 	SilenceUsage:  true,
 	SilenceErrors: true,
+}
+
+var global struct {
+	cache    string
+	insecure []string
+}
+
+func init() {
+	f := rootCmd.PersistentFlags()
+	f.StringVar(&global.cache, "cache", "", "blob cache folder (default $XDG_CACHE_HOME/osbuild)")
+	f.StringSliceVar(&global.insecure, "insecure-registry", nil, "registry HOST[:PORT] reached over plain HTTP (loopback always is)")
+}
+
+// buildOptions are the global flags as the builder takes them.
+func buildOptions() builder.Options {
+	return builder.Options{CacheDir: global.cache, Insecure: global.insecure, Progress: layers.NewProgress(os.Stderr)}
 }
 
 // Subcommands register themselves from their own files with addCommand, so that each stays beside
