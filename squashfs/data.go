@@ -242,6 +242,9 @@ func (p *pipeline) prefetch(f *fileJob) error {
 		if err := readExact(r, f.data, f.path, f.size); err != nil {
 			return err
 		}
+		if err := checkEOF(r, f.path, f.size); err != nil {
+			return err
+		}
 		if f.dedup {
 			f.sum = sha256.Sum256(f.data)
 		}
