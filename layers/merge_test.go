@@ -2,7 +2,6 @@ package layers
 
 import (
 	"archive/tar"
-	"bytes"
 	"errors"
 	"io"
 	"os"
@@ -10,57 +9,17 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
+	"osbuild.dev/osbuild/internal/imagetest"
 	"osbuild.dev/osbuild/tree"
 )
 
-// te is one tar entry of a test layer.
-type te struct {
-	name, link string
-	typ        byte
-	body       string
-	mode       int64
-	xattrs     map[string]string
-}
+type te = imagetest.Entry
 
 func layerFile(t *testing.T, entries ...te) *os.File {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		typ := e.typ
-		if typ == 0 {
-			typ = tar.TypeReg
-			if strings.HasSuffix(e.name, "/") {
-				typ = tar.TypeDir
-			}
-		}
-		mode := e.mode
-		if mode == 0 {
-			mode = 0o644
-		}
-		hdr := &tar.Header{Name: e.name, Typeflag: typ, Linkname: e.link, Mode: mode, Size: int64(len(e.body)),
-			ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
-		if typ != tar.TypeReg {
-			hdr.Size = 0
-		}
-		for k, v := range e.xattrs {
-			if hdr.PAXRecords == nil {
-				hdr.PAXRecords = map[string]string{}
-			}
-			hdr.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			t.Fatal(err)
-		}
-		if hdr.Size > 0 {
-			tw.Write([]byte(e.body))
-		}
-	}
-	tw.Close()
 	p := filepath.Join(t.TempDir(), "layer.tar")
-	if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(p, imagetest.Tar(t, entries...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	f, err := os.Open(p)
@@ -101,12 +60,12 @@ func listing(t *testing.T, tr *tree.Tree) string {
 
 func TestApplyTarMergeRules(t *testing.T) {
 	base := []te{
-		{name: "etc/"}, {name: "etc/a", body: "a1"}, {name: "etc/b", body: "b1"},
-		{name: "opq/"}, {name: "opq/old", body: "old"},
-		{name: "d2f/"}, {name: "d2f/x", body: "x"},
-		{name: "f2d", body: "file"},
-		{name: "lower", body: "lower"},
-		{name: "lib", typ: tar.TypeSymlink, link: "usr/lib"}, {name: "usr/lib/"},
+		{Name: "etc/"}, {Name: "etc/a", Body: "a1"}, {Name: "etc/b", Body: "b1"},
+		{Name: "opq/"}, {Name: "opq/old", Body: "old"},
+		{Name: "d2f/"}, {Name: "d2f/x", Body: "x"},
+		{Name: "f2d", Body: "file"},
+		{Name: "lower", Body: "lower"},
+		{Name: "lib", Type: tar.TypeSymlink, Link: "usr/lib"}, {Name: "usr/lib/"},
 	}
 	tests := []struct {
 		name  string
@@ -114,17 +73,17 @@ func TestApplyTarMergeRules(t *testing.T) {
 		want  []string // lines that must be in the listing
 		gone  []string // paths that must be absent
 	}{
-		{"whiteout removes a lower file", []te{{name: "etc/.wh.a"}}, []string{"/etc/b file b1"}, []string{"/etc/a"}},
-		{"whiteout does not hide the same layer's entry", []te{{name: "etc/a", body: "a2"}, {name: "etc/.wh.a"}}, []string{"/etc/a file a2"}, nil},
-		{"opaque dir empties the lower dir but keeps this layer's entries", []te{{name: "opq/"}, {name: "opq/.wh..wh..opq"}, {name: "opq/new", body: "new"}},
+		{"whiteout removes a lower file", []te{{Name: "etc/.wh.a"}}, []string{"/etc/b file b1"}, []string{"/etc/a"}},
+		{"whiteout does not hide the same layer's entry", []te{{Name: "etc/a", Body: "a2"}, {Name: "etc/.wh.a"}}, []string{"/etc/a file a2"}, nil},
+		{"opaque dir empties the lower dir but keeps this layer's entries", []te{{Name: "opq/"}, {Name: "opq/.wh..wh..opq"}, {Name: "opq/new", Body: "new"}},
 			[]string{"/opq/new file new"}, []string{"/opq/old"}},
-		{"dir replaced by a file", []te{{name: "d2f", body: "now a file"}}, []string{"/d2f file now a file"}, []string{"/d2f/x"}},
-		{"file replaced by a dir", []te{{name: "f2d/"}, {name: "f2d/c", body: "c"}}, []string{"/f2d dir", "/f2d/c file c"}, nil},
-		{"hardlink to a lower file", []te{{name: "hl", typ: tar.TypeLink, link: "lower"}}, []string{"/hl file lower"}, nil},
-		{"hardlink before its target", []te{{name: "early", typ: tar.TypeLink, link: "late"}, {name: "late", body: "late"}}, []string{"/early file late"}, nil},
-		{"write through an in-root symlink", []te{{name: "lib/libx.so", body: "so"}}, []string{"/usr/lib/libx.so file so"}, nil},
-		{"absolute hardlink name is relative to the root", []te{{name: "hl", typ: tar.TypeLink, link: "/lower"}}, []string{"/hl file lower"}, nil},
-		{"missing parents are created", []te{{name: "new/deep/file", body: "z"}}, []string{"/new/deep dir", "/new/deep/file file z"}, nil},
+		{"dir replaced by a file", []te{{Name: "d2f", Body: "now a file"}}, []string{"/d2f file now a file"}, []string{"/d2f/x"}},
+		{"file replaced by a dir", []te{{Name: "f2d/"}, {Name: "f2d/c", Body: "c"}}, []string{"/f2d dir", "/f2d/c file c"}, nil},
+		{"hardlink to a lower file", []te{{Name: "hl", Type: tar.TypeLink, Link: "lower"}}, []string{"/hl file lower"}, nil},
+		{"hardlink before its target", []te{{Name: "early", Type: tar.TypeLink, Link: "late"}, {Name: "late", Body: "late"}}, []string{"/early file late"}, nil},
+		{"write through an in-root symlink", []te{{Name: "lib/libx.so", Body: "so"}}, []string{"/usr/lib/libx.so file so"}, nil},
+		{"absolute hardlink name is relative to the root", []te{{Name: "hl", Type: tar.TypeLink, Link: "/lower"}}, []string{"/hl file lower"}, nil},
+		{"missing parents are created", []te{{Name: "new/deep/file", Body: "z"}}, []string{"/new/deep dir", "/new/deep/file file z"}, nil},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -152,14 +111,14 @@ func TestApplyTarMergeRules(t *testing.T) {
 
 func TestApplyTarHardlinkSharesNode(t *testing.T) {
 	tr := tree.New()
-	if err := ApplyTar(tr, layerFile(t, te{name: "a", body: "x"}, te{name: "b", typ: tar.TypeLink, link: "a"}), "l", Options{}); err != nil {
+	if err := ApplyTar(tr, layerFile(t, te{Name: "a", Body: "x"}, te{Name: "b", Type: tar.TypeLink, Link: "a"}), "l", Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if tr.Lookup("a") != tr.Lookup("b") || tr.LinkCounts()[tr.Lookup("a")] != 2 {
 		t.Fatal("a and b should be one inode with two links")
 	}
 	// Replacing one name later must not change the other (a new inode, as a runtime unlinks first).
-	if err := ApplyTar(tr, layerFile(t, te{name: "a", body: "new"}), "l2", Options{}); err != nil {
+	if err := ApplyTar(tr, layerFile(t, te{Name: "a", Body: "new"}), "l2", Options{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := listing(t, tr); !strings.Contains(got, "/b file x") || !strings.Contains(got, "/a file new") {
@@ -173,13 +132,13 @@ func TestApplyTarRefusesHostileEntries(t *testing.T) {
 		entries []te
 		path    string // the entry the error must name
 	}{
-		{"dotdot path", []te{{name: "../../etc/passwd", body: "x"}}, "../../etc/passwd"},
-		{"dotdot inside a path", []te{{name: "a/../../escape", body: "x"}}, "a/../../escape"},
-		{"write through a symlink that leaves the root", []te{{name: "up", typ: tar.TypeSymlink, link: "../../.."}, {name: "up/tmp/evil", body: "x"}}, "up/tmp/evil"},
-		{"write through a chain of symlinks that leaves the root", []te{{name: "d/"}, {name: "d/s1", typ: tar.TypeSymlink, link: "../s2"}, {name: "s2", typ: tar.TypeSymlink, link: "d/../.."}, {name: "d/s1/evil", body: "x"}}, "d/s1/evil"},
-		{"hardlink to a path outside", []te{{name: "hl", typ: tar.TypeLink, link: "../../etc/shadow"}}, "hl"},
-		{"hardlink through a symlink that leaves the root", []te{{name: "up", typ: tar.TypeSymlink, link: ".."}, {name: "hl", typ: tar.TypeLink, link: "up/etc/shadow"}}, "hl"},
-		{"whiteout of dotdot", []te{{name: "a/.wh..."}}, "a/.wh..."},
+		{"dotdot path", []te{{Name: "../../etc/passwd", Body: "x"}}, "../../etc/passwd"},
+		{"dotdot inside a path", []te{{Name: "a/../../escape", Body: "x"}}, "a/../../escape"},
+		{"write through a symlink that leaves the root", []te{{Name: "up", Type: tar.TypeSymlink, Link: "../../.."}, {Name: "up/tmp/evil", Body: "x"}}, "up/tmp/evil"},
+		{"write through a chain of symlinks that leaves the root", []te{{Name: "d/"}, {Name: "d/s1", Type: tar.TypeSymlink, Link: "../s2"}, {Name: "s2", Type: tar.TypeSymlink, Link: "d/../.."}, {Name: "d/s1/evil", Body: "x"}}, "d/s1/evil"},
+		{"hardlink to a path outside", []te{{Name: "hl", Type: tar.TypeLink, Link: "../../etc/shadow"}}, "hl"},
+		{"hardlink through a symlink that leaves the root", []te{{Name: "up", Type: tar.TypeSymlink, Link: ".."}, {Name: "hl", Type: tar.TypeLink, Link: "up/etc/shadow"}}, "hl"},
+		{"whiteout of dotdot", []te{{Name: "a/.wh..."}}, "a/.wh..."},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -203,10 +162,10 @@ func TestApplyTarMetadata(t *testing.T) {
 	epoch := int64(1600000000)
 	tr := tree.New()
 	f := layerFile(t,
-		te{name: "bin/ping", body: "elf", mode: 0o4755, xattrs: map[string]string{"security.capability": "\x01\x00\x00\x02", "security.selinux": "system_u:object_r:bin_t:s0\x00"}},
-		te{name: "dev/null", typ: tar.TypeChar},
-		te{name: "run/fifo", typ: tar.TypeFifo},
-		te{name: "tmp/", mode: 0o1777},
+		te{Name: "bin/ping", Body: "elf", Mode: 0o4755, Xattrs: map[string]string{"security.capability": "\x01\x00\x00\x02", "security.selinux": "system_u:object_r:bin_t:s0\x00"}},
+		te{Name: "dev/null", Type: tar.TypeChar},
+		te{Name: "run/fifo", Type: tar.TypeFifo},
+		te{Name: "tmp/", Mode: 0o1777},
 	)
 	if err := ApplyTar(tr, f, "l", Options{SourceDateEpoch: &epoch}); err != nil {
 		t.Fatal(err)
