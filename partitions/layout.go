@@ -31,12 +31,12 @@ const (
 
 // Partition type GUIDs from the Discoverable Partitions Specification.
 const (
-	TypeESP        = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
-	TypeLinuxData  = "0fc63daf-8483-4772-8e79-3d69d8477de4"
-	TypeRootAMD64  = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+	TypeESP         = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+	TypeLinuxData   = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+	TypeRootAMD64   = "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
 	TypeVerityAMD64 = "2c7357ed-ebd2-46d9-aec1-23d437ec2bf5"
-	TypeRootARM64  = "b921b045-1df0-41c3-af44-4c6f280d3fae"
-	TypeVerityARM64  = "df3300ce-d69f-4c92-978c-9bfb0f38d820"
+	TypeRootARM64   = "b921b045-1df0-41c3-af44-4c6f280d3fae"
+	TypeVerityARM64 = "df3300ce-d69f-4c92-978c-9bfb0f38d820"
 )
 
 const (
