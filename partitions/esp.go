@@ -166,6 +166,13 @@ func (e *ESP) fix() error {
 	}{io.NewSectionReader(e.f, e.offset, e.size), io.NewOffsetWriter(e.f, e.offset)}, e.mtime); err != nil {
 		return fmt.Errorf("partitions: repairing the ESP: %w", err)
 	}
+	// go-diskfs keeps the FAT in memory and rewrites all of it on the next change: reload it, or that
+	// write would undo the repair.
+	fs, err := fat32.Read(file.New(e.f, !e.writable), e.size, e.offset, sectorSize)
+	if err != nil {
+		return fmt.Errorf("partitions: rereading the ESP: %w", err)
+	}
+	e.fs = fs
 	return nil
 }
 

@@ -82,6 +82,13 @@ func fixFAT32(rw interface {
 		return fmt.Errorf("reading the FAT: %w", err)
 	}
 	next := func(c uint32) uint32 { return binary.LittleEndian.Uint32(fat[c*4:]) & 0x0fffffff }
+	dirtyFAT := map[uint32]bool{}
+	setFAT := func(c, v uint32) {
+		old := binary.LittleEndian.Uint32(fat[c*4:])
+		binary.LittleEndian.PutUint32(fat[c*4:], old&0xf0000000|v&0x0fffffff)
+		dirtyFAT[c] = true
+	}
+	reachable := make([]bool, g.clusters+2)
 	chain := func(c uint32) ([]uint32, error) {
 		var cs []uint32
 		for c >= 2 && c < 0x0ffffff8 {
@@ -107,6 +114,9 @@ func fixFAT32(rw interface {
 		cs, err := chain(dir)
 		if err != nil {
 			return err
+		}
+		for _, c := range cs {
+			reachable[c] = true
 		}
 		buf := make([]byte, g.clusterBytes())
 		for _, c := range cs {
@@ -134,7 +144,34 @@ func fixFAT32(rw interface {
 					binary.LittleEndian.PutUint16(e[24:], dosDate)
 					changed = changed || old != string(e[13:26])
 				}
-				if attr&0x10 == 0 || attr&0x08 != 0 {
+				if attr&0x08 != 0 {
+					continue
+				}
+				if attr&0x10 == 0 {
+					// A file keeps only the clusters its size needs: go-diskfs gives even an empty
+					// file a cluster, which fsck.fat reports.
+					first := uint32(binary.LittleEndian.Uint16(e[20:]))<<16 | uint32(binary.LittleEndian.Uint16(e[26:]))
+					size := int64(binary.LittleEndian.Uint32(e[28:]))
+					cs, err := chain(first)
+					if err != nil {
+						return err
+					}
+					need := int((size + g.clusterBytes() - 1) / g.clusterBytes())
+					for _, c := range cs[:min(need, len(cs))] {
+						reachable[c] = true
+					}
+					if len(cs) > need {
+						for _, c := range cs[need:] {
+							setFAT(c, 0)
+						}
+						if need == 0 {
+							binary.LittleEndian.PutUint16(e[20:], 0)
+							binary.LittleEndian.PutUint16(e[26:], 0)
+							changed = true
+						} else {
+							setFAT(cs[need-1], 0x0fffffff)
+						}
+					}
 					continue
 				}
 				name := string(e[0:11])
@@ -175,6 +212,22 @@ func fixFAT32(rw interface {
 	}
 	if err := walk(g.rootCluster, 0, 0); err != nil {
 		return err
+	}
+
+	// Clusters no file or directory uses are lost (go-diskfs' Remove leaves a file's chain allocated):
+	// free them, as fsck.fat would.
+	for c := uint32(2); int64(c) < g.clusters+2; c++ {
+		if v := next(c); v != 0 && v != 0x0ffffff7 && !reachable[c] {
+			setFAT(c, 0)
+		}
+	}
+	for c := range dirtyFAT {
+		for i := int64(0); i < g.nfats; i++ {
+			off := g.fatOffset() + i*g.spf*g.bps + int64(c)*4
+			if _, err := rw.WriteAt(fat[c*4:c*4+4], off); err != nil {
+				return fmt.Errorf("writing the FAT: %w", err)
+			}
+		}
 	}
 
 	// FSInfo: the free count and next-free hint, so that fsck and firmware need not guess.
