@@ -40,12 +40,12 @@ func randomBytes(n int, seed byte) []byte {
 }
 
 // testEntry is a loader entry pointing at slot A, as the boot package writes them.
-func testEntry(l *Layout, root string, blocks uint64) []byte {
+func testEntry(l *Layout, root, salt string, blocks uint64) []byte {
 	ra, _ := l.Partition(LabelRootA)
 	va, _ := l.Partition(LabelVerityA)
 	return []byte(fmt.Sprintf("title Debian (slot a)\nversion 1.0.0\nsort-key osbuild\nlinux /a/vmlinuz\ninitrd /a/initrd.img\n"+
-		"options dm-mod.create=\"root,,,ro,0 %d verity 1 PARTUUID=%s PARTUUID=%s 4096 4096 %d 1 sha256 %s - 1 restart_on_corruption\" root=/dev/dm-0 panic=10\n",
-		blocks*8, ra.UUID, va.UUID, blocks, root))
+		"options dm-mod.create=\"root,,,ro,0 %d verity 1 PARTUUID=%s PARTUUID=%s 4096 4096 %d 1 sha256 %s %s 1 restart_on_corruption\" root=/dev/dm-0 panic=10\n",
+		blocks*8, ra.UUID, va.UUID, blocks, root, salt))
 }
 
 type testDisk struct {
@@ -78,7 +78,7 @@ func buildTestDisk(t *testing.T, dir string) *testDisk {
 		ESP: []File{
 			{Path: "EFI/BOOT/BOOTX64.EFI", Data: randomBytes(100_000, 3)},
 			{Path: "loader/loader.conf", Data: []byte("timeout 3\n")},
-			{Path: "loader/entries/a+3.conf", Data: testEntry(l, res.RootHashHex(), res.DataBlocks)},
+			{Path: "loader/entries/a+3.conf", Data: testEntry(l, res.RootHashHex(), res.SaltHex(), res.DataBlocks)},
 			HostFile("a/vmlinuz", kpath),
 			{Path: "a/initrd.img", Data: randomBytes(1_200_000, 4)},
 		},

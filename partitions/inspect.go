@@ -1,6 +1,7 @@
 package partitions
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	iofs "io/fs"
@@ -83,7 +84,10 @@ type EntryReport struct {
 	State  string            `json:"state"`
 	Slot   string            `json:"slot,omitempty"`
 	Verity *bootentry.Verity `json:"verity,omitempty"`
-	Error  string            `json:"error,omitempty"`
+	// TreeMatches is true when the root hash and block count match the slot's verity partition (the
+	// tree alone is checked, not the data).
+	TreeMatches bool   `json:"tree_matches"`
+	Error       string `json:"error,omitempty"`
 }
 
 // Report describes a disk: table, slots, loader configuration and entries.
@@ -94,6 +98,32 @@ type Report struct {
 	Entries    []EntryReport `json:"entries"`
 	// Problems found on the way that did not stop the inspection.
 	Problems []string `json:"problems,omitempty"`
+}
+
+func checkEntryTree(d *Disk, slot string, v *bootentry.Verity) (bool, string) {
+	root, err := hex.DecodeString(v.RootHash)
+	if err != nil {
+		return false, fmt.Sprintf("root hash %q is not hex", v.RootHash)
+	}
+	var label string
+	for _, s := range Slots {
+		if s.Name == slot {
+			label = s.Verity
+		}
+	}
+	rd, err := d.Reader(label)
+	if err != nil {
+		return false, err.Error()
+	}
+	sb, err := verity.CheckTree(rd, root)
+	if err != nil {
+		return false, fmt.Sprintf("slot %s: %v", slot, err)
+	}
+	if sb.DataBlocks != v.DataBlocks || sb.Algorithm != v.Algorithm || hex.EncodeToString(sb.Salt) != strings.TrimPrefix(v.Salt, "-") {
+		return false, fmt.Sprintf("the command line says %d %s blocks, salt %s; slot %s's superblock says %d %s blocks, salt %x",
+			v.DataBlocks, v.Algorithm, v.Salt, slot, sb.DataBlocks, sb.Algorithm, sb.Salt)
+	}
+	return true, ""
 }
 
 // Inspect reads everything `osbuild inspect` shows. Damage to one part (an unreadable ESP, a bad entry)
@@ -134,6 +164,8 @@ func Inspect(d *Disk) (*Report, error) {
 				er.Error = fmt.Sprintf("data device %s is not a root partition of this disk", v.DataDevice)
 			} else if hs := SlotOf(d.Layout, v.HashDevice); hs != er.Slot {
 				er.Error = fmt.Sprintf("hash device %s is not slot %s's verity partition", v.HashDevice, er.Slot)
+			} else {
+				er.TreeMatches, er.Error = checkEntryTree(d, er.Slot, v)
 			}
 		case errors.Is(err, bootentry.ErrNoVerity):
 		default:

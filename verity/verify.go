@@ -188,3 +188,29 @@ func sizeOf(r io.ReaderAt) (int64, bool) {
 	}
 	return 0, false
 }
+
+// CheckTree checks only the hash device against the root hash (every hash block against its parent, the
+// top against the root), without reading the data: cheap (1/128 of the data for sha256), for tools that
+// want to know whether a boot entry's root hash belongs to a slot's tree.
+func CheckTree(hashDev io.ReaderAt, rootHash []byte) (*Superblock, error) {
+	sb, err := ReadSuperblock(hashDev)
+	if err != nil {
+		return nil, err
+	}
+	alg, err := newAlgorithm(sb.Algorithm)
+	if err != nil {
+		return nil, err
+	}
+	if len(rootHash) != alg.size {
+		return nil, fmt.Errorf("verity: root hash is %d bytes, %s needs %d", len(rootHash), alg.name, alg.size)
+	}
+	l, err := newLayout(alg, sb.DataBlockSize, sb.HashBlockSize, sb.DataBlocks)
+	if err != nil {
+		return nil, err
+	}
+	if len(l.start) == 0 {
+		// One data block: the root is that block's digest, so only the data can tell.
+		return sb, nil
+	}
+	return sb, verifyTree(hashDev, l, sb.Salt, rootHash)
+}

@@ -119,7 +119,11 @@ func printReport(out io.Writer, name string, r *partitions.Report) {
 		kv("initrd:", strings.Join(e.Initrd, " "))
 		kv("slot:", e.Slot)
 		if e.Verity != nil {
-			kv("root hash:", e.Verity.RootHash)
+			match := "matches slot " + e.Slot + "'s hash tree"
+			if !e.TreeMatches {
+				match = "does NOT match slot " + e.Slot + "'s hash tree"
+			}
+			kv("root hash:", e.Verity.RootHash+" ("+match+")")
 			kv("salt:", e.Verity.Salt)
 			kv("data blocks:", fmt.Sprint(e.Verity.DataBlocks))
 		}
