@@ -176,3 +176,18 @@ func AddFile(t *tree.Tree, p string, content tree.Content, size int64, mode, uid
 	return m.put(rel, &tree.Node{Type: tree.TypeRegular, Mode: mode & tree.ModePerm, UID: uid, GID: gid,
 		ModTime: opts.implicitMtime(), Size: size, Content: content})
 }
+
+// AddDir makes a directory at the absolute path p (and its parents) if nothing is there.
+func AddDir(t *tree.Tree, p string, mode uint32, opts Options) error {
+	rel := strings.TrimPrefix(path.Clean(p), "/")
+	if rel == "" {
+		return nil
+	}
+	m := &merger{t: t, id: "files", opts: opts}
+	n, err := m.resolve(rel, true)
+	if err != nil {
+		return err
+	}
+	n.Mode = mode & tree.ModePerm
+	return nil
+}

@@ -105,6 +105,9 @@ type Update struct {
 	Repository string `yaml:"repository,required" json:"repository"`
 	Channel    string `yaml:"channel" json:"channel"`
 	Reboot     string `yaml:"reboot" json:"reboot,omitempty"`
+	// PublicKey is the cosign public key (a host path) releases must be signed with; the build installs
+	// it as /etc/osbuild/update.pub.
+	PublicKey string `yaml:"public_key,required" json:"public_key"`
 }
 
 // HealthCheck is a command that must succeed before a new boot is marked good.
@@ -289,6 +292,9 @@ func (s *Spec) resolvePaths() {
 	}
 	for i := range s.Files {
 		s.Files[i].Source = s.abs(s.Files[i].Source)
+	}
+	if s.Update != nil {
+		s.Update.PublicKey = s.abs(s.Update.PublicKey)
 	}
 }
 

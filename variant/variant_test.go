@@ -74,7 +74,7 @@ func TestMalformed(t *testing.T) {
 		{"bad compression", head + "squashfs:\n  compression: brotli\n", `v.yaml:7:16: squashfs.compression: "brotli" is not supported: use zstd, gzip, xz or lz4`},
 		{"bad block size", head + "squashfs:\n  block_size: 3000\n", "v.yaml:7:15: squashfs.block_size: 3000 bytes must be a power of two from 4KiB to 1MiB"},
 		{"unknown output", head + "outputs: [raw, iso]\n", `v.yaml:6:16: outputs[1]: "iso" is not a known output: use raw, qcow2, vmdk or vhd`},
-		{"update without repository", head + "update:\n  channel: stable\n", "v.yaml:7:3: update.repository: missing required key"},
+		{"update without repository", head + "update:\n  channel: stable\n  public_key: k.pub\n", "v.yaml:7:3: update.repository: missing required key"},
 		{"alias", head + "boot: &b\n  cmdline: x\ndisk: *b\n", "v.yaml:8:7: disk: aliases are not supported: write the value out"},
 	}
 	for _, tc := range tests {
