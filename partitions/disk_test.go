@@ -425,3 +425,88 @@ func TestESPSizes(t *testing.T) {
 		})
 	}
 }
+
+// TestRenameEntries: the boot-counting renames, in both directions and with names whose long-name
+// entries change length, done in place on a disk; fsck.fat must stay clean and mtools must see the result.
+func TestRenameEntries(t *testing.T) {
+	if !testing.Short() {
+		needTool(t, "fsck.fat")
+		needTool(t, "mdir")
+	}
+	td := buildTestDisk(t, t.TempDir())
+	d, err := Open(td.path, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	esp, err := d.ESP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const dir = "loader/entries/"
+	long := "debian-minimal-bookworm-1.2.3"
+	if err := esp.WriteFile(dir+long+"+3.conf", []byte("title long\n")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 { // enough entries to spill the directory over one cluster
+		if err := esp.WriteFile(fmt.Sprintf("%sfiller-%02d+3.conf", dir, i), []byte("title filler\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	steps := []struct{ from, to string }{
+		{"a+3.conf", "a+2-1.conf"}, // systemd-boot's direction: the name grows
+		{"a+2-1.conf", "a+1-2.conf"},
+		{"a+1-2.conf", "a.conf"}, // marked good: the name shrinks to 8.3
+		{long + "+3.conf", long + "+2-1.conf"},
+		{long + "+2-1.conf", long + ".conf"},
+		{"filler-07+3.conf", "filler-07+0-3.conf"},
+	}
+	for _, s := range steps {
+		if err := esp.Rename(dir+s.from, dir+s.to); err != nil {
+			t.Fatalf("rename %s → %s: %v", s.from, s.to, err)
+		}
+	}
+	if err := esp.Rename(dir+"a.conf", dir+"filler-01+3.conf"); !errors.Is(err, os.ErrExist) {
+		t.Errorf("rename onto an existing entry: %v, want ErrExist", err)
+	}
+	if err := esp.Rename(dir+"a.conf", "a.conf"); err == nil {
+		t.Error("rename across directories succeeded")
+	}
+	d.Close()
+
+	d, err = Open(td.path, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	esp, _ = d.ESP()
+	entries, err := esp.Entries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, e := range entries {
+		got[e.FileName] = e.State()
+	}
+	for name, state := range map[string]string{"a.conf": "good", long + ".conf": "good", "filler-07+0-3.conf": "bad", "filler-08+3.conf": "trial"} {
+		if got[name] != state {
+			t.Errorf("%s: state %q, want %q (entries: %v)", name, got[name], state, got)
+		}
+	}
+	if len(entries) != 22 {
+		t.Errorf("%d entries, want 22", len(entries))
+	}
+	if testing.Short() {
+		return
+	}
+	img := extractESP(t, td, t.TempDir())
+	fsckClean(t, img)
+	listing := run(t, "mdir", "-b", "-i", img, "::/loader/entries")
+	for _, want := range []string{"::/loader/entries/a.conf", "::/loader/entries/" + long + ".conf", "::/loader/entries/filler-07+0-3.conf"} {
+		if !strings.Contains(listing, want) {
+			t.Errorf("mdir lacks %s:\n%s", want, listing)
+		}
+	}
+	if strings.Contains(listing, "+2-1") || strings.Contains(listing, "a+3.conf") {
+		t.Errorf("old names remain:\n%s", listing)
+	}
+}
