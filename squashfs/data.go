@@ -75,6 +75,7 @@ type pipeline struct {
 	fragCur   *[]byte       // fragment block being packed
 	fragDone  int64
 	seqTotal  chan uint64 // the number of blocks, once the sequencer is done
+	spare     chan compressor
 	outPool   sync.Pool
 }
 
@@ -120,6 +121,7 @@ func (p *pipeline) run(ctx context.Context) error {
 	p.cancel = cancel
 	workers := p.o.Workers
 	nslots := 2*workers + 4
+	p.spare = make(chan compressor, workers)
 	p.slots = make(chan struct{}, nslots)
 	jobs := make(chan *block, nslots)
 	results := make(chan *block, nslots)
@@ -200,6 +202,9 @@ func (p *pipeline) run(ctx context.Context) error {
 				fail(err)
 				return
 			}
+			// Hand the compressor on to the table pass: an encoder at the best zstd level holds
+			// about 34 MiB of match tables, too much to allocate twice.
+			defer func() { p.spare <- c }()
 			for b := range jobs {
 				p.compress(c, b)
 				select {

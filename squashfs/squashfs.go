@@ -51,6 +51,13 @@ func Write(ctx context.Context, w io.WriterAt, t *tree.Tree, opts Options) (Stat
 	}
 	st.DataBytes = b.total
 	b.frags = p.frags
+	select {
+	case b.meta = <-p.spare:
+	default:
+		if b.meta, err = cd.new(); err != nil {
+			return st, err
+		}
+	}
 	if err := ctx.Err(); err != nil {
 		return st, err
 	}
@@ -126,6 +133,7 @@ type builder struct {
 	nlink   map[*tree.Node]int
 	frags   []fragEntry
 	maxTime int64
+	meta    compressor // shared by every metadata table, which are written one after another
 }
 
 // plan lists regular-file inodes in data order (the tree's walk order, first link of a hardlinked

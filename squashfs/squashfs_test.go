@@ -180,6 +180,9 @@ func tortureTree() *tree.Tree {
 	odd.SetChild("setgid", &tree.Node{Type: tree.TypeRegular, Mode: 0o2711, Size: 1, Content: tree.BytesContent("g")})
 	odd.SetChild("setuid-noexec", &tree.Node{Type: tree.TypeRegular, Mode: 0o4644, Size: 1, Content: tree.BytesContent("u")})
 	odd.SetChild("sock", &tree.Node{Type: tree.TypeSocket, Mode: 0o755, ModTime: 4000000000})
+	// Last in walk order: see the sqfs2tar note in fuzz_test.go.
+	mkdirs(r, "zzz-sockets").SetChild("with-xattr", &tree.Node{Type: tree.TypeSocket, Mode: 0o600,
+		Xattrs: map[string]string{"security.selinux": "system_u:object_r:syslogd_var_run_t:s0"}})
 	odd.SetChild("ancient", &tree.Node{Type: tree.TypeRegular, Mode: 0o644, ModTime: -5})
 	odd.SetChild("nobody", &tree.Node{Type: tree.TypeRegular, Mode: 0o644, UID: 65534, GID: 100000})
 	null := &tree.Node{Type: tree.TypeChar, Mode: 0o666, DevMajor: 1, DevMinor: 3, Xattrs: map[string]string{"security.selinux": "system_u:object_r:null_device_t:s0"}}

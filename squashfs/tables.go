@@ -79,13 +79,7 @@ func (t *tables) number(d *tree.Node) {
 }
 
 func (b *builder) writeTables(out *outWriter) (*superblock, error) {
-	newMeta := func() (*metaWriter, error) {
-		c, err := b.codec.new()
-		if err != nil {
-			return nil, err
-		}
-		return newMetaWriter(c), nil
-	}
+	newMeta := func() (*metaWriter, error) { return newMetaWriter(b.meta), nil }
 	t := &tables{builder: b, nums: map[*tree.Node]uint32{}, written: map[*tree.Node]inodeInfo{},
 		idIndex: map[uint32]uint16{}, xattrIndex: map[string]uint32{}}
 	var err error
@@ -180,11 +174,7 @@ func (b *builder) writeTables(out *outWriter) (*superblock, error) {
 // lookupTable writes entries as metadata blocks followed by the absolute positions of those blocks,
 // preceded by head; it returns where head (or the position list) starts.
 func (t *tables) lookupTable(out *outWriter, entries, head []byte) (uint64, error) {
-	c, err := t.codec.new()
-	if err != nil {
-		return 0, err
-	}
-	m := newMetaWriter(c)
+	m := newMetaWriter(t.meta)
 	m.Write(entries)
 	data, err := m.finish()
 	if err != nil {
