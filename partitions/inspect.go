@@ -138,6 +138,7 @@ func Inspect(d *Disk) (*Report, error) {
 			}
 		} else {
 			r.Problems = append(r.Problems, err.Error())
+			continue
 		}
 		r.Slots = append(r.Slots, sr)
 	}

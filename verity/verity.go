@@ -427,7 +427,7 @@ func (t *tree) finish() error {
 	return nil
 }
 
-// chunkBlocks is how many data blocks one worker hashes per task: 2 MiB of 4 KiB blocks, large enough to
+// chunkBytes is how much data one worker hashes per task: large enough to
 // amortise the hand-off, small enough that workers × window chunks stay a few MiB.
 const chunkBytes = 2 << 20
 
