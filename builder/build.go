@@ -149,6 +149,17 @@ func Build(ctx context.Context, spec *variant.Spec, opts BuildOptions) (_ *Manif
 		}
 	}
 
+	// The layout is fixed before anything is written to it, so a disk too small for its layout fails before the
+	// long work, and a root that outgrew its slot fails right after the root image is written.
+	layout, err := partitions.NewLayout(partitions.Spec{
+		Arch: spec.Arch, DiskSize: int64(spec.Disk.Size), ESPSize: int64(spec.Disk.ESP),
+		SlotSize: int64(spec.Disk.Slot), MinDataSize: int64(spec.Disk.Data), Seed: spec.Name,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("disk layout: %w; adjust disk: in the variant", err)
+	}
+	rootA, _ := layout.Partition(partitions.LabelRootA)
+	verityA, _ := layout.Partition(partitions.LabelVerityA)
 	// Root image.
 	start = time.Now()
 	rootF, err := out.create(base + ".root.squashfs")
@@ -165,16 +176,6 @@ func Build(ctx context.Context, spec *variant.Spec, opts BuildOptions) (_ *Manif
 	}
 	logf("root: %s squashfs, %d inodes, %.1f MB in %s", sqOpts.Compression, stats.Inodes, float64(stats.Bytes)/1e6, time.Since(start).Round(time.Millisecond))
 
-	// The layout is fixed before anything is written to it, so a root that outgrew its slot fails early.
-	layout, err := partitions.NewLayout(partitions.Spec{
-		Arch: spec.Arch, DiskSize: int64(spec.Disk.Size), ESPSize: int64(spec.Disk.ESP),
-		SlotSize: int64(spec.Disk.Slot), MinDataSize: int64(spec.Disk.Data), Seed: spec.Name,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("disk layout: %w; adjust disk: in the variant", err)
-	}
-	rootA, _ := layout.Partition(partitions.LabelRootA)
-	verityA, _ := layout.Partition(partitions.LabelVerityA)
 	if stats.Bytes > rootA.Size {
 		return nil, &partitions.TooLargeError{Label: partitions.LabelRootA, Size: stats.Bytes, PartitionSize: rootA.Size}
 	}
