@@ -6,6 +6,7 @@ package vm
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -115,9 +116,11 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdin = cfg.Stdin
-	// Its own process group, so that killing it also kills nothing of ours and Ctrl-C at a terminal
-	// reaches QEMU only through us.
+	// Its own process group, so that a kill reaches everything it started. Not when it reads a terminal:
+	// a background process group reading the terminal would be stopped (SIGTTIN).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.Stdin == nil}
+	// Whatever still holds QEMU's stderr after it died must not keep Run waiting.
+	cmd.WaitDelay = time.Second
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		pr.Close()
@@ -173,6 +176,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return res, err
 	}
 	kill := func() {
+		if cfg.Stdin == nil {
+			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		}
 		_ = cmd.Process.Kill()
 		<-waitErr
 		pr.Close()
@@ -354,24 +360,34 @@ func DetectAccel() string {
 	return accelName
 }
 
-func probeKVM() bool {
+func probeKVM() bool { return probe("kvm") }
+
+// probe reports whether a guest runs with accelerator accel.
+func probe(accel string) bool {
 	dir, err := os.MkdirTemp("", "osbuild-kvm-probe")
 	if err != nil {
 		return false
 	}
 	defer os.RemoveAll(dir)
-	// mov dx,0x3f8; mov al,'K'; out dx,al; hlt; jmp $-1 — as an MBR boot sector.
-	sector := make([]byte, 512)
-	copy(sector, []byte{0xBA, 0xF8, 0x03, 0xB0, 0x4B, 0xEE, 0xF4, 0xEB, 0xFD})
-	sector[510], sector[511] = 0x55, 0xAA
-	img := dir + "/probe.img"
-	if err := os.WriteFile(img, sector, 0o644); err != nil {
+	// A multiboot kernel, so that QEMU's loader switches to protected mode first: on the broken hosts seen
+	// so far real-mode code can run while anything past it hangs. The code writes 'K' to COM1 and halts.
+	const load = 0x100000
+	const magic, flags = 0x1BADB002, 0x00010000 // flags: load addresses given in the header (no ELF)
+	img := make([]byte, 0, 128)
+	for _, v := range []uint32{magic, flags, -(magic + flags) & 0xffffffff, load, load, 0, 0, load + 32} {
+		img = binary.LittleEndian.AppendUint32(img, v)
+	}
+	// mov dx,0x3f8; mov al,'K'; out dx,al; hlt; jmp $-1
+	img = append(img, 0x66, 0xBA, 0xF8, 0x03, 0xB0, 0x4B, 0xEE, 0xF4, 0xEB, 0xFD)
+	img = append(img, make([]byte, 64)...)
+	p := dir + "/probe.bin"
+	if err := os.WriteFile(p, img, 0o644); err != nil {
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-machine", "pc,accel=kvm", "-m", "16", "-nodefaults",
-		"-no-user-config", "-display", "none", "-serial", "stdio", "-drive", "file="+img+",format=raw,if=ide")
+	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", "-machine", "pc,accel="+accel, "-m", "16", "-nodefaults",
+		"-no-user-config", "-display", "none", "-serial", "stdio", "-kernel", p)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return false
