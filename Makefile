@@ -20,3 +20,9 @@ bench: build
 
 clean:
 	rm -rf bin
+
+# Build examples/minimal from Debian packages and boot it in QEMU until its init says it booted.
+demo: build
+	@[ -f examples/minimal/images/base/index.json ] || examples/minimal/mkimages.sh
+	bin/osbuild build examples/minimal/variant.yaml -o out/minimal
+	bin/osbuild run out/minimal/minimal-1.0.0.raw --timeout 180s --expect 'osbuild: booted 1.0.0 slot a'
