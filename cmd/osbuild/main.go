@@ -3,8 +3,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -40,7 +43,10 @@ func buildOptions() builder.Options {
 func addCommand(c *cobra.Command) { rootCmd.AddCommand(c) }
 
 func main() {
-	if err := rootCmd.Execute(); err != nil {
+	// Ctrl-C cancels the context: stages stop and remove their temporary outputs instead of leaving them.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := rootCmd.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "osbuild:", err)
 		os.Exit(1)
 	}
