@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"osbuild.dev/osbuild/boot"
 	"osbuild.dev/osbuild/builder"
@@ -316,5 +317,43 @@ func TestBuildBadInput(t *testing.T) {
 				t.Errorf("files left in the output folder: %v", left)
 			}
 		})
+	}
+}
+
+// TestBuildInterrupted: Ctrl-C in the middle of a build leaves nothing in the output folder, neither under
+// the final names nor as temporary files.
+func TestBuildInterrupted(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs examples/minimal's images")
+	}
+	ex := minimalImages(t)
+	out := t.TempDir()
+	cmd := exec.Command(osbuildBin, "build", "-q", "--cache", filepath.Join(os.TempDir(), "osbuild-test-cache"), filepath.Join(ex, "variant.yaml"), "-o", out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt once the root image is being written.
+	for i := 0; ; i++ {
+		if m, _ := filepath.Glob(filepath.Join(out, ".minimal-1.0.0.root.squashfs.tmp-*")); len(m) > 0 {
+			break
+		}
+		if i > 3000 {
+			cmd.Process.Kill()
+			t.Fatal("the build never started writing its root image")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cmd.Process.Signal(os.Interrupt)
+	err := cmd.Wait()
+	if err == nil {
+		t.Fatal("an interrupted build exited 0")
+	}
+	if left, _ := os.ReadDir(out); len(left) != 0 {
+		t.Fatalf("an interrupted build left %v; stderr: %s", left, stderr.String())
+	}
+	if !strings.Contains(stderr.String(), "interrupt") {
+		t.Fatalf("the build did not stop because of the interrupt: %s", stderr.String())
 	}
 }
