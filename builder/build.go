@@ -296,19 +296,56 @@ func bootFileName(arch string) string {
 	return "BOOTX64.EFI"
 }
 
+// Files every osbuild root carries, for the device side (the init, the update agent, health checks).
+const (
+	// ReleasePath is shell-sourceable: NAME=, VERSION=, ARCH=.
+	ReleasePath = "/etc/osbuild/release"
+	// SettingsPath holds DeviceSettings as JSON.
+	SettingsPath = "/etc/osbuild/variant.json"
+	// UpdateKeyPath is the public key releases must be signed with.
+	UpdateKeyPath = "/etc/osbuild/update.pub"
+	// AgentPath is where a variant with update: gets the osbuild binary.
+	AgentPath = "/usr/bin/osbuild"
+)
+
+// DeviceSettings are the parts of the variant the running system needs: where updates come from, how to
+// reboot into them, and which health checks gate marking a boot good.
+type DeviceSettings struct {
+	Name      string                `json:"name"`
+	Version   string                `json:"version"`
+	Arch      string                `json:"arch"`
+	DataMount string                `json:"data_mount"`
+	Update    *variant.Update       `json:"update,omitempty"`
+	Health    []variant.HealthCheck `json:"health,omitempty"`
+}
+
 // completeRoot adds what every osbuild root carries: its release file and the mount point of the data
 // partition; and, when the variant updates itself, the agent (this very binary) and the release key.
 func completeRoot(t *tree.Tree, spec *variant.Spec, self string, mtime int64) error {
 	release := fmt.Sprintf("NAME=%s\nVERSION=%s\nARCH=%s\n", spec.Name, spec.Version, spec.Arch)
 	opts := layers.Options{SourceDateEpoch: &mtime}
-	if err := layers.AddFile(t, "/etc/osbuild/release", tree.BytesContent(release), int64(len(release)), 0o644, 0, 0, opts); err != nil {
+	if err := layers.AddFile(t, ReleasePath, tree.BytesContent(release), int64(len(release)), 0o644, 0, 0, opts); err != nil {
+		return err
+	}
+	ds := DeviceSettings{Name: spec.Name, Version: spec.Version, Arch: spec.Arch, DataMount: spec.Disk.DataMount, Health: spec.Health}
+	if spec.Update != nil {
+		u := *spec.Update
+		u.PublicKey = UpdateKeyPath // the device's copy, not the build host's path
+		ds.Update = &u
+	}
+	settings, err := json.MarshalIndent(ds, "", "  ")
+	if err != nil {
+		return err
+	}
+	settings = append(settings, '\n')
+	if err := layers.AddFile(t, SettingsPath, tree.BytesContent(settings), int64(len(settings)), 0o644, 0, 0, opts); err != nil {
 		return err
 	}
 	if spec.Update != nil {
 		for _, f := range []struct {
 			host, path string
 			mode       uint32
-		}{{self, "/usr/bin/osbuild", 0o755}, {spec.Update.PublicKey, "/etc/osbuild/update.pub", 0o644}} {
+		}{{self, AgentPath, 0o755}, {spec.Update.PublicKey, UpdateKeyPath, 0o644}} {
 			st, err := os.Stat(f.host)
 			if err != nil {
 				return fmt.Errorf("update: %w", err)
