@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	"osbuild.dev/osbuild/boot"
+	"osbuild.dev/osbuild/builder"
 	"osbuild.dev/osbuild/partitions"
 	"osbuild.dev/osbuild/partitions/bootentry"
 	"osbuild.dev/osbuild/verity"
@@ -57,7 +58,9 @@ type RefusedError struct{ Reason string }
 
 func (e *RefusedError) Error() string { return "update refused: " + e.Reason }
 
-func refuse(format string, args ...any) error { return &RefusedError{Reason: fmt.Sprintf(format, args...)} }
+func refuse(format string, args ...any) error {
+	return &RefusedError{Reason: fmt.Sprintf(format, args...)}
+}
 
 // state is the progress of an interrupted apply, kept so that the next run resumes the download.
 type state struct {
@@ -85,7 +88,7 @@ func (d *Device) Source(o ApplyOptions) (ref, tag string, err error) {
 		return o.From, tag, nil
 	}
 	if d.Repository == "" {
-		return "", "", errors.New("no release to apply: pass --from REF (or oci:DIR); the system names no UPDATE_REPOSITORY in /etc/osbuild/release")
+		return "", "", errors.New("no release to apply: pass --from REF (or oci:DIR); the system has no update.repository in /etc/osbuild/variant.json")
 	}
 	return d.Repository, tag, nil
 }
@@ -98,7 +101,7 @@ func (d *Device) PublicKey(o ApplyOptions) (crypto.PublicKey, error) {
 	if !d.Online {
 		return nil, errors.New("no public key: pass --key cosign.pub")
 	}
-	return LoadPublicKey(filepath.Join(d.opts.Root, PublicKeyPath))
+	return LoadPublicKey(filepath.Join(d.opts.Root, builder.UpdateKeyPath))
 }
 
 // Check resolves and verifies the release and checks it against the device, writing nothing.
@@ -155,21 +158,35 @@ func (d *Device) check(ctx context.Context, o ApplyOptions) (*Release, source, e
 // runningGood refuses an update while the running slot is still on trial: installing over the other
 // slot would remove the fallback.
 func (d *Device) runningGood() error {
+	if p, ok := d.onTrial(); ok {
+		return refuse("the running slot %s is still on trial (%s): run `osbuild update mark-good` first", strings.ToUpper(d.Running), p)
+	}
+	return nil
+}
+
+// onTrial says whether the running slot's boot is still counted: on the running system, the entry
+// systemd-boot counted (LoaderBootCountPath) still has its counter; offline, the running slot's entry has.
+// The variable stays set for the whole boot, so the file on the ESP is what tells.
+func (d *Device) onTrial() (string, bool) {
 	if d.Online {
-		if p, err := readEFIString(d.opts.EFIVars, "LoaderBootCountPath"); err == nil && p != "" {
-			return refuse("this boot (%s) is not marked good yet: run `osbuild update mark-good` first", p)
+		if v, err := readEFIString(d.opts.EFIVars, "LoaderBootCountPath"); err == nil && v != "" {
+			if p, err := bootCountEntry(v); err == nil {
+				if _, err := d.ESP.Stat(p); err == nil {
+					return p, true
+				}
+			}
 		}
 	}
 	es, err := d.Entries()
 	if err != nil {
-		return err
+		return "", false
 	}
 	for _, e := range slotEntries(es, d.Running) {
 		if e.Counting {
-			return refuse("the running slot %s (%s) is still on trial (%s): mark it good first", strings.ToUpper(d.Running), e.Version, e.FileName)
+			return e.FileName, true
 		}
 	}
-	return nil
+	return "", false
 }
 
 // Apply installs a release into the slot that is not running, in DESIGN.md's order of writes, so that a
@@ -495,4 +512,3 @@ func (d *Device) checkpoint(st *state, p, digest string, done int64) {
 }
 
 func (d *Device) dropState(p string) { os.Remove(p) }
-

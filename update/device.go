@@ -2,6 +2,7 @@ package update
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -11,16 +12,13 @@ import (
 	"strings"
 
 	"osbuild.dev/osbuild/boot"
+	"osbuild.dev/osbuild/builder"
 	"osbuild.dev/osbuild/partitions"
 	"osbuild.dev/osbuild/partitions/bootentry"
 )
 
 // Paths on the running system.
 const (
-	ReleasePath   = "/etc/osbuild/release"
-	UpdateConf    = "/etc/osbuild/update.conf"
-	PublicKeyPath = "/etc/osbuild/update.pub"
-	HealthPath    = "/etc/osbuild/health.json"
 	// StateDir keeps an interrupted download's progress on the data partition, so that it survives a
 	// reboot and the next apply resumes it.
 	StateDir = "/var/lib/osbuild/update"
@@ -50,7 +48,9 @@ type Device struct {
 
 	Name, Version, Arch string // of the running (or, offline, default) slot
 	Running             string // slot "a" or "b"
-	Repository, Channel string // from the release file and update.conf
+	Repository, Channel string // from /etc/osbuild/variant.json
+	// Settings are the running system's (online only).
+	Settings builder.DeviceSettings
 
 	opts DeviceOptions
 }
@@ -66,16 +66,21 @@ func OpenDevice(opts DeviceOptions) (*Device, error) {
 	d := &Device{opts: opts, Online: opts.Disk == ""}
 	rel := map[string]string{}
 	if d.Online {
-		for _, p := range []string{ReleasePath, UpdateConf} {
-			if err := readEnvFile(filepath.Join(opts.Root, p), rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, err
-			}
+		if err := readEnvFile(filepath.Join(opts.Root, builder.ReleasePath), rel); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return nil, err
 		}
 		if rel["NAME"] == "" {
-			return nil, fmt.Errorf("%s has no NAME: is this an osbuild system? Use --disk to work on an image", ReleasePath)
+			return nil, fmt.Errorf("%s has no NAME: is this an osbuild system? Use --disk to work on an image", builder.ReleasePath)
 		}
 		d.Name, d.Version, d.Arch = rel["NAME"], rel["VERSION"], rel["ARCH"]
-		d.Repository, d.Channel = rel["UPDATE_REPOSITORY"], rel["UPDATE_CHANNEL"]
+		if data, err := os.ReadFile(filepath.Join(opts.Root, builder.SettingsPath)); err == nil {
+			if err := json.Unmarshal(data, &d.Settings); err != nil {
+				return nil, fmt.Errorf("%s: %w", builder.SettingsPath, err)
+			}
+			if u := d.Settings.Update; u != nil {
+				d.Repository, d.Channel = u.Repository, u.Channel
+			}
+		}
 		cmdline, err := os.ReadFile(filepath.Join(opts.Root, "proc/cmdline"))
 		if err != nil {
 			return nil, fmt.Errorf("read the kernel command line: %w", err)

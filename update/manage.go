@@ -2,12 +2,10 @@ package update
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -70,12 +68,8 @@ func (d *Device) Status() (*Status, error) {
 	if order := BootOrder(es); len(order) > 0 {
 		st.NextBoot = order[0].FileName
 	}
-	st.MarkedGood = st.Running.State == "good"
-	if d.Online {
-		if p, err := readEFIString(d.opts.EFIVars, "LoaderBootCountPath"); err == nil && p != "" {
-			st.MarkedGood = false
-		}
-	}
+	_, trial := d.onTrial()
+	st.MarkedGood = !trial
 	switch st.Other.State {
 	case "trial":
 		st.Staged = st.Other.Version
@@ -85,27 +79,10 @@ func (d *Device) Status() (*Status, error) {
 	return st, nil
 }
 
-// HealthCheck is one command that must succeed before a boot is marked good; the builder writes the
-// variant's health: list to /etc/osbuild/health.json.
-type HealthCheck struct {
-	Name    string `json:"name,omitempty"`
-	Command string `json:"command"`
-	Timeout string `json:"timeout,omitempty"`
-}
-
-// RunHealthChecks runs the system's health checks (none when the file is absent).
+// RunHealthChecks runs the running system's health checks (the variant's health: list, from
+// /etc/osbuild/variant.json); none is a pass.
 func (d *Device) RunHealthChecks(ctx context.Context, log io.Writer) error {
-	data, err := os.ReadFile(filepath.Join(d.opts.Root, HealthPath))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	} else if err != nil {
-		return err
-	}
-	var checks []HealthCheck
-	if err := json.Unmarshal(data, &checks); err != nil {
-		return fmt.Errorf("%s: %w", HealthPath, err)
-	}
-	for _, c := range checks {
+	for _, c := range d.Settings.Health {
 		timeout := 60 * time.Second
 		if c.Timeout != "" {
 			if t, err := time.ParseDuration(c.Timeout); err == nil {

@@ -76,7 +76,7 @@ type rawManifest struct {
 	mt  types.MediaType
 }
 
-func (r rawManifest) RawManifest() ([]byte, error)          { return r.raw, nil }
+func (r rawManifest) RawManifest() ([]byte, error)        { return r.raw, nil }
 func (r rawManifest) MediaType() (types.MediaType, error) { return r.mt, nil }
 
 // Publish pushes the build described by manifestPath as a release and signs it. The manifest and
@@ -187,4 +187,3 @@ func Publish(ctx context.Context, manifestPath string, o PublishOptions) (*Publi
 	}
 	return pub, nil
 }
-

@@ -43,7 +43,8 @@ var digestRe = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
 // names neither. It returns the source and the tag or digest to resolve.
 func openSource(ctx context.Context, ref, defTag string, ro RegistryOptions) (source, string, error) {
 	if p, ok := strings.CutPrefix(ref, "oci:"); ok {
-		dir, sel := p, defTag
+		// A layout is usually one release copied for an air-gapped device: the channel does not apply.
+		dir, sel := p, ""
 		if i := strings.LastIndex(p, "@"); i >= 0 {
 			dir, sel = p[:i], p[i+1:]
 		} else if i := strings.LastIndex(p, ":"); i >= 0 && !strings.Contains(p[i:], "/") {
