@@ -69,13 +69,13 @@ type pipeline struct {
 
 	pool      sync.Pool
 	slots     chan struct{} // one token per block in flight
-	budget    chan int64    // prefetch bytes released by the sequencer
 	frags     []fragEntry   // appended by the ordered writer, in index order
 	fragCount uint32        // fragment blocks handed out by the sequencer
 	fragCur   *[]byte       // fragment block being packed
 	fragDone  int64
 	seqTotal  chan uint64 // the number of blocks, once the sequencer is done
 	spare     chan compressor
+	arena     dataArena
 	outPool   sync.Pool
 }
 
@@ -132,7 +132,7 @@ func (p *pipeline) run(ctx context.Context) error {
 	// Prefetchers read small files whole (and hash large ones that may be duplicates) ahead of the
 	// sequencer, several at a time: opening and reading many small files is latency-bound.
 	prefetch := make(chan *fileJob, 64)
-	const prefetchBudget = 32 << 20
+	const prefetchBudget = 16 << 20
 	budget := make(chan struct{}, 1)
 	var budgetMu sync.Mutex
 	budgetFree := int64(prefetchBudget)
@@ -169,7 +169,7 @@ func (p *pipeline) run(ctx context.Context) error {
 		defer close(prefetch)
 		for _, f := range p.files {
 			if f.small {
-				f.budget = f.size
+				f.budget = classBytes(f.size)
 			}
 			if !acquire(f.budget) {
 				return
@@ -243,7 +243,7 @@ func (p *pipeline) prefetch(f *fileJob) error {
 	}
 	defer r.Close()
 	if f.small {
-		f.data = make([]byte, f.size)
+		f.data = p.arena.get(int(f.size))
 		if err := readExact(r, f.data, f.path, f.size); err != nil {
 			return err
 		}
@@ -289,6 +289,63 @@ func checkEOF(r io.Reader, path string, size int64) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// Whole-file buffers of small files are recycled by power-of-two size class. A fresh allocation per
+// file would let the heap grow well past what is live between collections, and sync.Pool keeps
+// what it holds alive across a collection: a small free list with a byte cap keeps the total at
+// the prefetch budget plus that cap.
+type dataArena struct {
+	mu        sync.Mutex
+	free      [21][][]byte
+	freeBytes int64
+}
+
+const maxFreeData = 8 << 20
+
+func sizeClass(n int) int {
+	c := 12 // 4 KiB
+	for 1<<c < n {
+		c++
+	}
+	return c
+}
+
+func classBytes(n int64) int64 {
+	if n == 0 {
+		return 0
+	}
+	return 1 << sizeClass(int(n))
+}
+
+func (a *dataArena) get(n int) []byte {
+	c := sizeClass(n)
+	if n == 0 || c >= len(a.free) {
+		return make([]byte, n)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if k := len(a.free[c]); k > 0 {
+		b := a.free[c][k-1]
+		a.free[c] = a.free[c][:k-1]
+		a.freeBytes -= int64(cap(b))
+		return b[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func (a *dataArena) put(b []byte) {
+	c := sizeClass(cap(b))
+	if c >= len(a.free) || cap(b) != 1<<c {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.freeBytes+int64(cap(b)) > maxFreeData {
+		return
+	}
+	a.free[c] = append(a.free[c], b)
+	a.freeBytes += int64(cap(b))
 }
 
 type dedupKey struct {
@@ -364,6 +421,7 @@ func (p *pipeline) sequence(ctx context.Context, jobs chan<- *block, release fun
 				f.layout = prev
 				p.stats.Duplicates++
 				pendingDone += f.size
+				p.arena.put(f.data)
 				f.data = nil
 				release(f.budget)
 				continue
@@ -386,6 +444,7 @@ func (p *pipeline) sequence(ctx context.Context, jobs chan<- *block, release fun
 					return err
 				}
 			}
+			p.arena.put(f.data)
 			f.data = nil
 			release(f.budget)
 			continue

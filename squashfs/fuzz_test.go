@@ -143,4 +143,3 @@ func FuzzWrite(f *testing.F) {
 		checkTar(t, tr, img)
 	})
 }
-
