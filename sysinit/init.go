@@ -393,6 +393,8 @@ func mkfs(dev string) error {
 		}
 		cmd := exec.Command(c[0], c[1:]...)
 		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin"}
+		// Not nil: exec would open /dev/null, and /dev has already moved into the root.
+		cmd.Stdin = strings.NewReader("")
 		cmd.Dir = "/"
 		cmd.SysProcAttr = &unix.SysProcAttr{Chroot: boot.NewRootPath}
 		out, err := cmd.CombinedOutput()

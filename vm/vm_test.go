@@ -129,3 +129,14 @@ func TestProbe(t *testing.T) {
 	}
 	t.Logf("accelerator here: %s", DetectAccel())
 }
+
+func TestSilenceWatchdog(t *testing.T) {
+	q := fakeQEMU(t, "sleep 30")
+	if _, err := run(context.Background(), Config{Kernel: "/k", BIOS: true, Accel: "kvm", QEMU: q}, 300*time.Millisecond); !errors.Is(err, errSilent) {
+		t.Fatalf("err = %v, want errSilent", err)
+	}
+	q = fakeQEMU(t, "echo hi; sleep 1; echo marker; sleep 30")
+	if _, err := run(context.Background(), Config{Kernel: "/k", BIOS: true, Accel: "kvm", QEMU: q, Expect: []string{"marker"}}, 300*time.Millisecond); err != nil {
+		t.Fatalf("a guest that talks was stopped: %v", err)
+	}
+}
