@@ -349,9 +349,19 @@ func mountData(cfg config, parts []partition) error {
 			return err
 		}
 	}
+	// Mount through a node at /dev/<name> in the initramfs (deleted with it): the source /proc/mounts
+	// shows is then the path that is valid in the new root, which systemd and fsck rely on.
+	var maj, min uint32
+	if _, err := fmt.Sscanf(data.Dev, "%d:%d", &maj, &min); err != nil {
+		return fmt.Errorf("data partition %s: bad device number %q", data.Name, data.Dev)
+	}
+	_ = os.MkdirAll("/dev", 0o755)
+	if err := unix.Mknod(devInRoot, unix.S_IFBLK|0o600, int(unix.Mkdev(maj, min))); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("mknod %s: %w", devInRoot, err)
+	}
 	var errs []error
 	for _, fs := range []string{"ext4", "ext2"} {
-		err := unix.Mount(dev, target, fs, unix.MS_NOSUID|unix.MS_NODEV, "")
+		err := unix.Mount(devInRoot, target, fs, unix.MS_NOSUID|unix.MS_NODEV, "")
 		if err == nil {
 			logf("data: %s on %s (%s)", devInRoot, cfg.dataMount, fs)
 			return nil
