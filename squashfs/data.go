@@ -168,9 +168,6 @@ func (p *pipeline) run(ctx context.Context) error {
 		defer wg.Done()
 		defer close(prefetch)
 		for _, f := range p.files {
-			if f.small {
-				f.budget = classBytes(f.size)
-			}
 			if !acquire(f.budget) {
 				return
 			}

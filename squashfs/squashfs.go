@@ -164,6 +164,9 @@ func (b *builder) plan() error {
 		}
 		f := &fileJob{path: p, node: n, size: n.Size, ready: make(chan struct{})}
 		f.small = n.Size <= int64(max(b.o.BlockSize, 512<<10))
+		if f.small {
+			f.budget = classBytes(n.Size)
+		}
 		b.layouts[n] = f
 		b.files = append(b.files, f)
 		b.total += n.Size
