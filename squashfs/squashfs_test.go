@@ -331,3 +331,46 @@ func TestEdgeLayouts(t *testing.T) {
 		})
 	}
 }
+
+// Memory must not follow file sizes: a 1 GB file goes through a fixed number of blocks in flight.
+func TestBoundedMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("streams 1 GB")
+	}
+	tr := tree.New()
+	const size = 1_000_000_000
+	tr.Root.SetChild("huge", &tree.Node{Type: tree.TypeRegular, Mode: 0o644, Size: size, Content: zeroRuns{size: size, seed: 5}})
+	for i := range 2000 {
+		mkdirs(tr.Root, "many").SetChild(fmt.Sprintf("f%d", i), reg(0o644, textish(i, 100_000)))
+	}
+	runtime.GC()
+	var base runtime.MemStats
+	runtime.ReadMemStats(&base)
+	stop := make(chan struct{})
+	peak := make(chan uint64)
+	go func() {
+		var max uint64
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			if ms.HeapInuse > max {
+				max = ms.HeapInuse
+			}
+			select {
+			case <-stop:
+				peak <- max
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	_, err := Write(context.Background(), discardAt{}, tr, Options{Compression: "lz4", BlockSize: 1 << 20, Workers: 4})
+	close(stop)
+	must(t, err)
+	grew := (<-peak - base.HeapInuse) >> 20
+	t.Logf("heap grew by at most %d MiB", grew)
+	// 16 MiB prefetch + 8 MiB free list + 12 blocks of 2 MiB in flight, with room for garbage.
+	if grew > 160 {
+		t.Fatalf("heap grew by %d MiB writing a 1 GB file", grew)
+	}
+}
