@@ -60,12 +60,13 @@ type image struct {
 	disk, kernel, initrd string
 	cmdline              string
 	rootOffset           int64 // byte offset of the root partition
+	espOffset            int64
 }
 
 // buildImage makes a GPT disk with the standard tools: a squashfs of a busybox root, its verity tree,
 // and an empty data partition; plus the Debian cloud kernel and an initramfs with osbuild as /init.
 func buildImage(t *testing.T) image {
-	need(t, "qemu-system-x86_64", "mksquashfs", "veritysetup", "sgdisk", "dd", "go")
+	need(t, "qemu-system-x86_64", "mksquashfs", "veritysetup", "sgdisk", "dd", "go", "mkfs.fat", "mmd", "mcopy", "mdir")
 	dir := t.TempDir()
 
 	bin := filepath.Join(dir, "osbuild")
@@ -125,18 +126,21 @@ func buildImage(t *testing.T) image {
 		}
 		return fi.Size()
 	}
+	const espMiB = 40
 	rootMiB := size(rootImg)/mib + 1
 	verityMiB := size(verityImg)/mib + 1
+	rootStart := int64(1 + espMiB)
 	disk := filepath.Join(dir, "disk.raw")
-	total := 1 + rootMiB + verityMiB + 16 + 1
+	total := rootStart + rootMiB + verityMiB + 16 + 1
 	sh(t, "truncate", "-s", fmt.Sprintf("%dM", total), disk)
 	sh(t, "sgdisk", "-Z",
-		"-n", fmt.Sprintf("2:1M:+%dM", rootMiB), "-t", "2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "-c", "2:root-a", "-u", "2:"+rootUUID,
-		"-n", fmt.Sprintf("3:%dM:+%dM", 1+rootMiB, verityMiB), "-t", "3:2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "-c", "3:verity-a", "-u", "3:"+verityUUID,
-		"-n", fmt.Sprintf("6:%dM:+16M", 1+rootMiB+verityMiB), "-t", "6:0fc63daf-8483-4772-8e79-3d69d8477de4", "-c", "6:data", "-u", "6:"+dataUUID,
+		"-n", fmt.Sprintf("1:1M:+%dM", espMiB), "-t", "1:c12a7328-f81f-11d2-ba4b-00a0c93ec93b", "-c", "1:esp",
+		"-n", fmt.Sprintf("2:%dM:+%dM", rootStart, rootMiB), "-t", "2:4f68bce3-e8cd-4db1-96e7-fbcaf984b709", "-c", "2:root-a", "-u", "2:"+rootUUID,
+		"-n", fmt.Sprintf("3:%dM:+%dM", rootStart+rootMiB, verityMiB), "-t", "3:2c7357ed-ebd2-46d9-aec1-23d437ec2bf5", "-c", "3:verity-a", "-u", "3:"+verityUUID,
+		"-n", fmt.Sprintf("6:%dM:+16M", rootStart+rootMiB+verityMiB), "-t", "6:0fc63daf-8483-4772-8e79-3d69d8477de4", "-c", "6:data", "-u", "6:"+dataUUID,
 		disk)
-	sh(t, "dd", "if="+rootImg, "of="+disk, "bs=1M", "seek=1", "conv=notrunc", "status=none")
-	sh(t, "dd", "if="+verityImg, "of="+disk, "bs=1M", fmt.Sprintf("seek=%d", 1+rootMiB), "conv=notrunc", "status=none")
+	sh(t, "dd", "if="+rootImg, "of="+disk, "bs=1M", fmt.Sprintf("seek=%d", rootStart), "conv=notrunc", "status=none")
+	sh(t, "dd", "if="+verityImg, "of="+disk, "bs=1M", fmt.Sprintf("seek=%d", rootStart+rootMiB), "conv=notrunc", "status=none")
 
 	cmdline, err := boot.Cmdline(boot.CmdlineOptions{Verity: boot.Verity{
 		DataPartUUID: rootUUID, HashPartUUID: verityUUID, DataBlocks: blocks,
@@ -146,8 +150,30 @@ func buildImage(t *testing.T) image {
 		t.Fatal(err)
 	}
 	kernel := filepath.Join(kdir, k.Path)
+
+	// The ESP for the full UEFI chain: systemd-boot, loader.conf and one counted entry.
+	sdboot := boottest.Package(t, "systemd-boot-efi")
+	esp := filepath.Join(dir, "esp.img")
+	sh(t, "mkfs.fat", "-F", "32", "-n", "ESP", "-C", esp, fmt.Sprint(espMiB*1024))
+	sh(t, "mmd", "-i", esp, "::EFI", "::EFI/BOOT", "::loader", "::loader/entries", "::osbuild", "::osbuild/a")
+	sh(t, "mcopy", "-i", esp, filepath.Join(sdboot, "usr/lib/systemd/boot/efi/systemd-bootx64.efi"), "::EFI/BOOT/BOOTX64.EFI")
+	sh(t, "mcopy", "-i", esp, kernel, "::osbuild/a/vmlinuz")
+	sh(t, "mcopy", "-i", esp, initrd, "::osbuild/a/initrd")
+	entry := boot.Entry{ID: "osbuild-a", Title: "osbuild test (A)", Version: "1", SortKey: "osbuild",
+		Linux: "/osbuild/a/vmlinuz", Initrd: "/osbuild/a/initrd", Options: cmdline, Tries: boot.DefaultTries}
+	body, err := entry.Render()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string][]byte{"loader.conf": boot.LoaderConf(), "entry.conf": body} {
+		os.WriteFile(filepath.Join(dir, name), content, 0o644)
+	}
+	sh(t, "mcopy", "-i", esp, filepath.Join(dir, "loader.conf"), "::loader/loader.conf")
+	sh(t, "mcopy", "-i", esp, filepath.Join(dir, "entry.conf"), "::"+entry.FileName())
+	sh(t, "dd", "if="+esp, "of="+disk, "bs=1M", "seek=1", "conv=notrunc", "status=none")
+
 	t.Logf("initramfs %d bytes, root %d blocks, cmdline %s", size(initrd), blocks, cmdline)
-	return image{disk: disk, kernel: kernel, initrd: initrd, cmdline: cmdline, rootOffset: mib}
+	return image{disk: disk, kernel: kernel, initrd: initrd, cmdline: cmdline, rootOffset: rootStart * mib, espOffset: mib}
 }
 
 type logWriter struct{ t *testing.T }
@@ -198,6 +224,23 @@ func TestBoot(t *testing.T) {
 			t.Fatal("the data partition was formatted again")
 		}
 		t.Logf("marker after %s", res.At[0].Round(time.Millisecond))
+	})
+	t.Run("uefi systemd-boot counts the boot", func(t *testing.T) {
+		// The whole chain from the disk alone: OVMF, systemd-boot, the counted entry, kernel, initramfs.
+		res, err := vm.Run(context.Background(), vm.Config{Image: img.disk, NoReboot: true, Timeout: 4 * time.Minute,
+			Expect: []string{marker + ` boots=3`}, Console: &bytes.Buffer{}})
+		if err != nil {
+			t.Fatalf("%v\n%s", err, res.Output)
+		}
+		t.Logf("UEFI marker after %s (%s)", res.At[0].Round(time.Millisecond), res.Accel)
+		// systemd-boot renamed the entry before booting it: one try used, two left.
+		out := sh(t, "mdir", "-b", "-i", fmt.Sprintf("%s@@%d", img.disk, img.espOffset), "::loader/entries")
+		if !strings.Contains(out, "osbuild-a+2-1.conf") {
+			t.Fatalf("entry not counted down by systemd-boot:\n%s", out)
+		}
+		if _, err := os.Stat(img.disk + ".vars"); err != nil {
+			t.Fatalf("no UEFI variables file beside the image: %v", err)
+		}
 	})
 	t.Run("corrupted root reboots", func(t *testing.T) {
 		bad := filepath.Join(t.TempDir(), "bad.raw")
