@@ -93,12 +93,28 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 		}
 	}
 	_, err := s.run(ctx, src, size, func(c *chunk) error {
+		// Runs of consecutive plain clusters are written with one call, straight from the source buffer.
+		run := -1
+		endRun := func(i int) error {
+			if run < 0 {
+				return nil
+			}
+			_, err := out.Write(c.data[run*qcowCluster : i*qcowCluster])
+			run = -1
+			return err
+		}
 		for i, z := range c.zero {
 			if z {
+				if err := endRun(i); err != nil {
+					return err
+				}
 				continue
 			}
 			guest := c.off/qcowCluster + int64(i)
 			if opts.Compress && len(c.out[i]) > 0 {
+				if err := endRun(i); err != nil {
+					return err
+				}
 				cd := c.out[i]
 				off := out.pos
 				sectors := (off+int64(len(cd))-1)/512 - off/512
@@ -109,19 +125,19 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 				}
 				continue
 			}
-			if r := out.pos % qcowCluster; r != 0 {
-				if err := out.pad(qcowCluster - r); err != nil {
-					return err
+			if run < 0 {
+				if r := out.pos % qcowCluster; r != 0 {
+					if err := out.pad(qcowCluster - r); err != nil {
+						return err
+					}
 				}
+				run = i
 			}
-			off := out.pos
+			off := out.pos + int64(i-run)*qcowCluster
 			setL2(guest, qcowCopied|uint64(off))
 			addRef(off, off+qcowCluster)
-			if _, err := out.Write(c.data[i*qcowCluster : (i+1)*qcowCluster]); err != nil {
-				return err
-			}
 		}
-		return nil
+		return endRun(len(c.zero))
 	})
 	if err != nil {
 		return err

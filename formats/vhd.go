@@ -26,22 +26,11 @@ func writeFlat(ctx context.Context, src *os.File, size int64, out *output, opts 
 	}
 	s := &scanner{unit: flatUnit, batch: 16 * flatUnit, workers: opts.Workers}
 	id, err := s.run(ctx, src, size, func(c *chunk) error {
-		for i, z := range c.zero {
-			if z {
-				continue
-			}
-			off := c.off + int64(i)*flatUnit
-			n := min(int64(flatUnit), size-off)
-			if off != out.pos {
-				if err := out.skip(off); err != nil {
-					return err
-				}
-			}
-			if _, err := out.Write(c.data[i*flatUnit : int64(i)*flatUnit+n]); err != nil {
-				return err
-			}
+		// Zero pages inside the chunk stay holes: the layout is the source's.
+		if err := out.skip(c.off); err != nil {
+			return err
 		}
-		return nil
+		return out.writeSparse(c.data[:min(int64(len(c.data)), size-c.off)])
 	})
 	if err != nil {
 		return err
@@ -89,7 +78,8 @@ func writeVHDDynamic(ctx context.Context, src *os.File, size int64, out *output,
 			if _, err := out.Write(bitmap); err != nil {
 				return err
 			}
-			if _, err := out.Write(c.data[i*vhdBlock : (i+1)*vhdBlock]); err != nil {
+			// The block's zero pages stay holes in the file: they read as zeros all the same.
+			if err := out.writeSparse(c.data[i*vhdBlock : (i+1)*vhdBlock]); err != nil {
 				return err
 			}
 		}

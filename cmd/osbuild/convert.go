@@ -1,0 +1,115 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"osbuild.dev/osbuild/formats"
+)
+
+func init() {
+	var formatList []string
+	var out string
+	var compress bool
+	var level, workers int
+	cmd := &cobra.Command{
+		Use:   "convert IMAGE.raw --format qcow2[,vmdk,vhd,vhd-fixed,raw] [-o OUT]",
+		Short: "Convert a raw disk image to qcow2, VMDK (streamOptimized) or VHD (dynamic, or fixed for Azure)",
+		Long: `Convert a raw disk image, as osbuild build writes it, to the formats hypervisors and clouds take:
+  qcow2      qcow2 v3 (QEMU, OpenStack); --compress stores deflate-compressed clusters
+  vmdk       VMDK streamOptimized (VMware, OVA, AWS VM import)
+  vhd        VHD dynamic (Hyper-V)
+  vhd-fixed  VHD fixed, size rounded up to a whole MiB (Azure)
+  raw        a sparse copy
+Holes and all-zero clusters are left out. With one format, OUT is the output file (default: IMAGE with the
+format's extension; an existing folder takes IMAGE's name); with several it is a folder (default: IMAGE's).
+Each output is written under a temporary name and renamed when complete. SOURCE_DATE_EPOCH sets the header
+timestamps; UUIDs derive from the content: the same image gives the same bytes.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src := args[0]
+			var list []string
+			for _, f := range formatList {
+				f = strings.ToLower(strings.TrimSpace(f))
+				if f == "" {
+					continue
+				}
+				if f == "vpc" { // qemu-img's name for VHD
+					f = formats.VHD
+				}
+				if !slices.Contains(formats.Names, f) {
+					return &formats.UnknownFormatError{Format: f}
+				}
+				if !slices.Contains(list, f) {
+					list = append(list, f)
+				}
+			}
+			if len(list) == 0 {
+				return fmt.Errorf("no --format given: use one or more of %s", strings.Join(formats.Names, ","))
+			}
+			epoch, err := formats.EpochFromEnv()
+			if err != nil {
+				return err
+			}
+			targets, err := convertTargets(src, list, out)
+			if err != nil {
+				return err
+			}
+			for _, t := range targets {
+				if a, err := os.Stat(src); err == nil {
+					if b, err := os.Stat(t); err == nil && os.SameFile(a, b) {
+						return fmt.Errorf("output %s is the input image: choose another with -o", t)
+					}
+				}
+			}
+			for i, f := range list {
+				opts := formats.Options{SourceDateEpoch: epoch, Compress: compress, Level: level, Workers: workers,
+					Name: filepath.Base(targets[i])}
+				if err := formats.ConvertFile(cmd.Context(), src, f, targets[i], opts); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), targets[i])
+			}
+			return nil
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringSliceVarP(&formatList, "format", "f", nil, "output formats, comma-separated: "+strings.Join(formats.Names, ","))
+	fl.StringVarP(&out, "output", "o", "", "output file (one format) or folder (several)")
+	fl.BoolVar(&compress, "compress", false, "qcow2: store deflate-compressed clusters (smaller, slower to write and to read)")
+	fl.IntVar(&level, "level", 0, "deflate level 1-9 for compressed qcow2 and VMDK (default 6)")
+	fl.IntVar(&workers, "workers", 0, "parallel compression workers (default: one per CPU)")
+	addCommand(cmd)
+}
+
+// convertTargets decides the output path of each format.
+func convertTargets(src string, list []string, out string) ([]string, error) {
+	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
+	name := func(dir, f string) string { return filepath.Join(dir, base+formats.Ext(f)) }
+	if len(list) == 1 {
+		switch fi, err := os.Stat(out); {
+		case out == "":
+			return []string{name(filepath.Dir(src), list[0])}, nil
+		case err == nil && fi.IsDir():
+			return []string{name(out, list[0])}, nil
+		default:
+			return []string{out}, nil
+		}
+	}
+	dir := out
+	if dir == "" {
+		dir = filepath.Dir(src)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("-o %s: several formats need an output folder: %w", out, err)
+	}
+	var t []string
+	for _, f := range list {
+		t = append(t, name(dir, f))
+	}
+	return t, nil
+}
