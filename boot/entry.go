@@ -284,3 +284,27 @@ func ParseCmdline(s string) map[string]string {
 	flush()
 	return out
 }
+
+// SlotParam is the command line parameter naming the slot an entry boots (osbuild.slot=a), so that the
+// running system knows which slot it is on.
+const SlotParam = "osbuild.slot"
+
+// SlotEntry returns the loader entry of a slot: id "osbuild-<slot>", sort-key "osbuild-<name>" (both slots
+// share it, so the higher version boots first), kernel and initrd at /osbuild/<slot>/. tries 0 writes an
+// entry without boot counting (a first image, known good); the agent writes DefaultTries.
+func SlotEntry(name, version, slot, cmdline string, tries int) Entry {
+	title := name
+	if version != "" {
+		title += " " + version
+	}
+	return Entry{
+		ID:      "osbuild-" + slot,
+		Title:   fmt.Sprintf("%s (%s)", title, strings.ToUpper(slot)),
+		Version: version,
+		SortKey: "osbuild-" + name,
+		Linux:   "/osbuild/" + slot + "/vmlinuz",
+		Initrd:  "/osbuild/" + slot + "/initrd",
+		Options: cmdline,
+		Tries:   tries,
+	}
+}

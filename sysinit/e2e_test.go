@@ -159,8 +159,7 @@ func buildImage(t *testing.T) image {
 	sh(t, "mcopy", "-i", esp, filepath.Join(sdboot, "usr/lib/systemd/boot/efi/systemd-bootx64.efi"), "::EFI/BOOT/BOOTX64.EFI")
 	sh(t, "mcopy", "-i", esp, kernel, "::osbuild/a/vmlinuz")
 	sh(t, "mcopy", "-i", esp, initrd, "::osbuild/a/initrd")
-	entry := boot.Entry{ID: "osbuild-a", Title: "osbuild test (A)", Version: "1", SortKey: "osbuild",
-		Linux: "/osbuild/a/vmlinuz", Initrd: "/osbuild/a/initrd", Options: cmdline, Tries: boot.DefaultTries}
+	entry := boot.SlotEntry("e2e", "1", "a", cmdline, boot.DefaultTries)
 	body, err := entry.Render()
 	if err != nil {
 		t.Fatal(err)

@@ -257,12 +257,11 @@ func run(ctx context.Context, cfg Config, silence time.Duration) (Result, error)
 		case <-ctx.Done():
 			kill()
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				msg := "vm: " + ErrTimeout.Error()
 				if len(exps) > 0 {
-					msg = fmt.Sprintf("vm: timed out after %s waiting for %q (matched %d of %d)",
-						time.Since(started).Round(time.Millisecond), cfg.Expect[res.Matched], res.Matched, len(exps))
+					return finish(fmt.Errorf("vm: waited %s for %q (matched %d of %d): %w",
+						time.Since(started).Round(time.Millisecond), cfg.Expect[res.Matched], res.Matched, len(exps), ErrTimeout))
 				}
-				return finish(fmt.Errorf("%s: %w", msg, ErrTimeout))
+				return finish(fmt.Errorf("vm: %w after %s", ErrTimeout, time.Since(started).Round(time.Millisecond)))
 			}
 			return finish(ctx.Err())
 		}
