@@ -121,6 +121,47 @@ func Ext(format string) string {
 	return "." + format
 }
 
+// OutputPaths decides where each format of the image src goes. With one format, out is the output file;
+// an existing folder, or "", means a file named after src (its extension replaced) in that folder, or beside
+// src. With several formats, out is a folder (created if missing; "" means src's folder). An output that
+// would overwrite src is an error.
+func OutputPaths(src string, list []string, out string) ([]string, error) {
+	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
+	name := func(dir, f string) string { return filepath.Join(dir, base+Ext(f)) }
+	var paths []string
+	if len(list) == 1 {
+		fi, err := os.Stat(out)
+		switch {
+		case out == "":
+			paths = []string{name(filepath.Dir(src), list[0])}
+		case err == nil && fi.IsDir():
+			paths = []string{name(out, list[0])}
+		default:
+			paths = []string{out}
+		}
+	} else {
+		dir := out
+		if dir == "" {
+			dir = filepath.Dir(src)
+		} else if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, &OutputError{Path: dir, Err: fmt.Errorf("several formats need an output folder: %w", err)}
+		}
+		for _, f := range list {
+			paths = append(paths, name(dir, f))
+		}
+	}
+	a, err := os.Stat(src)
+	if err != nil {
+		return nil, fmt.Errorf("source image: %w", err)
+	}
+	for _, p := range paths {
+		if b, err := os.Stat(p); err == nil && os.SameFile(a, b) {
+			return nil, fmt.Errorf("output %s is the input image: choose another with -o", p)
+		}
+	}
+	return paths, nil
+}
+
 // Convert writes the raw disk image src to dst in format. dst must be a regular file opened for reading and
 // writing; it is truncated first and written mostly in order, with a few headers patched in place at the
 // end (they hold values only known then: table offsets, a content-derived UUID).

@@ -356,3 +356,61 @@ func TestVHDFields(t *testing.T) {
 		t.Errorf("timestamp byte %d, want 5 seconds after 2000-01-01", f[27])
 	}
 }
+
+func TestOutputPaths(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "img", "demo-1.0.raw")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "out")
+	for _, c := range []struct {
+		name string
+		list []string
+		out  string
+		want []string
+		err  string
+	}{
+		{"one format, no -o", []string{QCOW2}, "", []string{filepath.Join(dir, "img", "demo-1.0.qcow2")}, ""},
+		{"one format, a file", []string{VMDK}, filepath.Join(dir, "x.vmdk"), []string{filepath.Join(dir, "x.vmdk")}, ""},
+		{"one format, a folder", []string{VHDFixed}, dir, []string{filepath.Join(dir, "demo-1.0-fixed.vhd")}, ""},
+		{"several, new folder", []string{QCOW2, VHD, VHDFixed}, out,
+			[]string{filepath.Join(out, "demo-1.0.qcow2"), filepath.Join(out, "demo-1.0.vhd"), filepath.Join(out, "demo-1.0-fixed.vhd")}, ""},
+		{"raw onto itself", []string{Raw}, "", nil, "is the input image"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := OutputPaths(src, c.list, c.out)
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("err = %v, want %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || strings.Join(got, "|") != strings.Join(c.want, "|") {
+				t.Fatalf("OutputPaths = %q, %v; want %q", got, err, c.want)
+			}
+		})
+	}
+}
+
+// TestCanceled: a canceled conversion stops with the context's error and leaves no output.
+func TestCanceled(t *testing.T) {
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "disk.raw")
+	makeDisk(t, raw, 64<<20, []int64{1 << 20, 10 << 20, 20 << 20})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, c := range convs {
+		out := filepath.Join(dir, c.name+Ext(c.format))
+		err := ConvertFile(ctx, raw, c.format, out, Options{Compress: c.compress})
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s: err = %v, want context.Canceled", c.name, err)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("%s: output left after cancel", c.name)
+		}
+	}
+}

@@ -3,9 +3,11 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -56,21 +58,17 @@ timestamps; UUIDs derive from the content: the same image gives the same bytes.`
 			if err != nil {
 				return err
 			}
-			targets, err := convertTargets(src, list, out)
+			targets, err := formats.OutputPaths(src, list, out)
 			if err != nil {
 				return err
 			}
-			for _, t := range targets {
-				if a, err := os.Stat(src); err == nil {
-					if b, err := os.Stat(t); err == nil && os.SameFile(a, b) {
-						return fmt.Errorf("output %s is the input image: choose another with -o", t)
-					}
-				}
-			}
+			// On Ctrl-C or SIGTERM the conversion stops and its temporary file is removed.
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
 			for i, f := range list {
 				opts := formats.Options{SourceDateEpoch: epoch, Compress: compress, Level: level, Workers: workers,
 					Name: filepath.Base(targets[i])}
-				if err := formats.ConvertFile(cmd.Context(), src, f, targets[i], opts); err != nil {
+				if err := formats.ConvertFile(ctx, src, f, targets[i], opts); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), targets[i])
@@ -85,31 +83,4 @@ timestamps; UUIDs derive from the content: the same image gives the same bytes.`
 	fl.IntVar(&level, "level", 0, "deflate level 1-9 for compressed qcow2 and VMDK (default 6)")
 	fl.IntVar(&workers, "workers", 0, "parallel compression workers (default: one per CPU)")
 	addCommand(cmd)
-}
-
-// convertTargets decides the output path of each format.
-func convertTargets(src string, list []string, out string) ([]string, error) {
-	base := strings.TrimSuffix(filepath.Base(src), filepath.Ext(src))
-	name := func(dir, f string) string { return filepath.Join(dir, base+formats.Ext(f)) }
-	if len(list) == 1 {
-		switch fi, err := os.Stat(out); {
-		case out == "":
-			return []string{name(filepath.Dir(src), list[0])}, nil
-		case err == nil && fi.IsDir():
-			return []string{name(out, list[0])}, nil
-		default:
-			return []string{out}, nil
-		}
-	}
-	dir := out
-	if dir == "" {
-		dir = filepath.Dir(src)
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("-o %s: several formats need an output folder: %w", out, err)
-	}
-	var t []string
-	for _, f := range list {
-		t = append(t, name(dir, f))
-	}
-	return t, nil
 }
