@@ -1,3 +1,8 @@
+//go:build !noaws
+
+// The AWS SDK adds about 3 MB to the binary, which is also the device-side init and update agent: a
+// device build can leave this command out with -tags noaws.
+
 package main
 
 import (
