@@ -278,7 +278,7 @@ func (d *Device) Apply(ctx context.Context, o ApplyOptions) (*Applied, error) {
 		if !d.Online {
 			logf("update: %s is not newer than %s: on the device, run `osbuild update rollback` or boot it from the menu (no EFI variables offline)", c.Version, d.Version)
 		} else {
-			id := strings.ToLower(filepath.Base(final))
+			id := oneShotID(filepath.Base(final))
 			if err := writeEFIString(d.opts.EFIVars, "LoaderEntryOneShot", id); err != nil {
 				return res, fmt.Errorf("set LoaderEntryOneShot: %w; the update is installed but the next boot keeps %s", err, d.Version)
 			}
@@ -444,6 +444,13 @@ func (d *Device) writeESPFile(ctx context.Context, src source, desc Descriptor, 
 		return fmt.Errorf("%w; run apply again", err)
 	}
 	defer rc.Close()
+	// A file left by an interrupted run may be half-allocated: remove it rather than write over it, so that
+	// the new file gets a fresh cluster chain.
+	if _, err := d.ESP.Stat(p); err == nil {
+		if err := d.ESP.Remove(p); err != nil {
+			return fmt.Errorf("remove the old %s: %w", p, err)
+		}
+	}
 	h := sha256.New()
 	lr := &io.LimitedReader{R: rc, N: desc.Size}
 	if err := d.ESP.WriteFileFrom(p, io.TeeReader(lr, h)); err != nil {
@@ -453,7 +460,16 @@ func (d *Device) writeESPFile(ctx context.Context, src source, desc Descriptor, 
 		d.ESP.Remove(p)
 		return fmt.Errorf("%s: download does not match %s: run apply again", p, desc.Digest)
 	}
-	return d.ESP.Sync()
+	if err := d.ESP.Sync(); err != nil {
+		return err
+	}
+	// Read it back through the file system: the firmware will, and a kernel or initrd it cannot read
+	// must never get an entry.
+	back, err := d.ESP.ReadFile(p)
+	if err != nil || sha256Digest(back) != desc.Digest {
+		return fmt.Errorf("%s on the ESP does not read back as written (%v): run apply again", p, err)
+	}
+	return nil
 }
 
 func (d *Device) stateDir() string {

@@ -89,3 +89,8 @@ func bootCountEntry(v string) (string, error) {
 
 // fsImmutable is FS_IMMUTABLE_FL from linux/fs.h.
 const fsImmutable = 0x10
+
+// oneShotID is the id systemd-boot gives a loader entry file, for LoaderEntryOneShot: in 252 (Debian 12)
+// the lower-cased file name, boot counter and ".conf" included. (systemd 258 strips the counter; a
+// variant shipping a newer systemd-boot needs the id without it.)
+func oneShotID(fileName string) string { return strings.ToLower(fileName) }
