@@ -133,7 +133,7 @@ func debianRunning(version, slot string) string {
 
 const (
 	debianRootLine = `osbuild-status: root: /dev/(mapper/root|dm-0) +squashfs +ro[,\s]`
-	debianVarLine  = `osbuild-status: var: /dev/vda6 +ext4 +rw\S* +data`
+	debianVarLine  = `osbuild-status: var: /dev/vda6 ext4 rw\S* label=data`
 )
 
 // TestDebianBoots is check 1: the example as committed boots to multi-user.target with nothing failed,
