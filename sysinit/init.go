@@ -344,6 +344,16 @@ func mountData(cfg config, parts []partition) error {
 		return fmt.Errorf("data partition %s: %w", dev, err)
 	}
 	if !isExt {
+		// First boot: give the data partition the rest of the disk before formatting it, so that an image
+		// can ship small and use whatever disk it is written to.
+		if grown, err := growLastPartition(boot.NewRootPath, data.Disk, data.Number); err != nil {
+			logf("data: not grown: %v", err)
+		} else if grown {
+			if b, err := os.ReadFile(filepath.Join(boot.NewRootPath, "/sys/class/block", data.Name, "size")); err == nil {
+				n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+				logf("data: %s grown to %d MiB", devInRoot, n>>11)
+			}
+		}
 		logf("data: %s has no filesystem, formatting", devInRoot)
 		if err := mkfs(devInRoot); err != nil {
 			return err
