@@ -159,7 +159,7 @@ func run() error {
 	}
 	ctl.Close()
 
-	if err := unix.Mount(rootDev, boot.NewRootPath, "squashfs", unix.MS_RDONLY|unix.MS_NODEV, ""); err != nil {
+	if err := unix.Mount(rootDev, boot.NewRootPath, "squashfs", unix.MS_RDONLY, ""); err != nil {
 		return fmt.Errorf("mount the root %s (squashfs): %w", rootDev, err)
 	}
 	// Move the API filesystems now: mkfs runs chrooted in the root and needs /dev there.
@@ -371,7 +371,8 @@ func mountData(cfg config, parts []partition) error {
 	}
 	var errs []error
 	for _, fs := range []string{"ext4", "ext2"} {
-		err := unix.Mount(devInRoot, target, fs, unix.MS_NOSUID|unix.MS_NODEV, "")
+		// No nosuid/nodev: container runtimes keep images with setuid files and device nodes under /var.
+		err := unix.Mount(devInRoot, target, fs, 0, "")
 		if err == nil {
 			logf("data: %s on %s (%s)", devInRoot, cfg.dataMount, fs)
 			return nil
