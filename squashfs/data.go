@@ -65,7 +65,6 @@ type pipeline struct {
 	files  []*fileJob
 	stats  *Stats
 	total  int64
-	cancel context.CancelCauseFunc
 
 	pool      sync.Pool
 	slots     chan struct{} // one token per block in flight
@@ -118,7 +117,6 @@ func (p *pipeline) putBuf(b *[]byte) {
 func (p *pipeline) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	p.cancel = cancel
 	workers := p.o.Workers
 	nslots := 2*workers + 4
 	p.spare = make(chan compressor, workers)
@@ -597,7 +595,7 @@ func (p *pipeline) place(b *block) error {
 		return nil
 	}
 	if b.word&dataUncompressed != 0 {
-		p.stats.UncompressedDB++
+		p.stats.Uncompressed++
 	}
 	err := p.out.write(b.out)
 	if b.word&dataUncompressed == 0 {

@@ -108,13 +108,13 @@ func (o Options) normalize() (Options, error) {
 
 // Stats describes a written image.
 type Stats struct {
-	Bytes          int64 // image size including the padding to 4 KiB
-	Inodes         int
-	Files          int   // regular-file inodes
-	DataBytes      int64 // file content read
-	Duplicates     int   // files stored as references to an earlier identical file
-	SparseBlocks   int   // all-zero blocks stored as holes
-	Fragments      int   // fragment blocks
-	XattrsSkipped  int   // xattrs outside the user., trusted. and security. namespaces, which squashfs cannot hold
-	UncompressedDB int   // data and fragment blocks stored uncompressed because compression did not shrink them
+	Bytes         int64 // image size including the padding to 4 KiB
+	Inodes        int
+	Files         int   // regular-file inodes
+	DataBytes     int64 // file content read
+	Duplicates    int   // files stored as references to an earlier identical file
+	SparseBlocks  int   // all-zero blocks stored as holes
+	Fragments     int   // fragment blocks
+	XattrsSkipped int   // xattrs outside the user., trusted. and security. namespaces, which squashfs cannot hold
+	Uncompressed  int   // data and fragment blocks stored as is because compression did not shrink them
 }

@@ -6,6 +6,10 @@
 // fragment, id and xattr tables. File content streams through a bounded pipeline: prefetchers read
 // ahead, a sequencer cuts blocks in a fixed order, workers compress them in parallel and one
 // writer appends them in that order, so the bytes depend only on the tree and the options.
+//
+// Memory does not depend on file sizes: 16 MiB of read-ahead for small files, 2×Workers+4 blocks in
+// flight, and one compressor per worker (zstd at levels ≥ 10 uses the Go encoder's best mode, about
+// 34 MiB of match tables each). Peak RSS of `osbuild squashfs` on a 516 MB tree with 2 workers: 187 MiB.
 package squashfs
 
 import (
