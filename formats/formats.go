@@ -45,9 +45,9 @@ type Options struct {
 	// Compress stores qcow2 clusters deflate-compressed where that saves space (like qemu-img convert -c).
 	// VMDK streamOptimized is always compressed; raw and VHD never are.
 	Compress bool
-	// Level is the deflate level, 1 (fast) to 9 (small). 0 picks 6 for qcow2 and 7 for VMDK: Go's deflate
-	// needs about level 7 to come near zlib's default level 6, which qemu-img uses for VMDK grains (for
-	// qcow2 qemu-img limits itself to a 4 KiB window, so level 6 is already smaller there).
+	// Level is the deflate level, 1 (fast) to 9 (small); 0 means 6. Go's deflate at 6 is about twice as
+	// fast as zlib's and, on a disk of /usr files, about 4% larger for VMDK grains (2% at 7, at zlib's
+	// speed); qcow2 compressed clusters come out smaller than qemu-img's, which uses a 4 KiB window.
 	Level int
 	// Workers is how many goroutines compress and scan in parallel; 0 means GOMAXPROCS.
 	Workers int
@@ -182,9 +182,6 @@ func Convert(ctx context.Context, src *os.File, format string, dst *os.File, opt
 	}
 	if opts.Level == 0 {
 		opts.Level = 6
-		if format == VMDK {
-			opts.Level = 7
-		}
 	}
 	if opts.Level < 1 || opts.Level > 9 {
 		return fmt.Errorf("compression level %d: want 1 to 9", opts.Level)

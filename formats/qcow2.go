@@ -78,10 +78,7 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 					// whole 64 KiB are fine.
 					bb.Reset()
 					fw.Reset(&bb)
-					if _, err := fw.Write(u); err != nil {
-						return dst, err
-					}
-					if err := fw.Close(); err != nil {
+					if err := deflateSplit(fw, u); err != nil {
 						return dst, err
 					}
 					if bb.Len() >= qcowCluster-512 {
@@ -162,7 +159,7 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 		for i, e := range t {
 			binary.BigEndian.PutUint64(b[i*8:], e)
 		}
-		if _, err := out.Write(b[:]); err != nil {
+		if err := out.writeSparse(b[:]); err != nil {
 			return err
 		}
 	}
@@ -189,15 +186,19 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 				binary.BigEndian.PutUint16(blk[i*2:], refs[h])
 			}
 		}
-		if _, err := out.Write(blk[:]); err != nil {
+		if err := out.writeSparse(blk[:]); err != nil {
 			return err
 		}
 	}
 	tableOff := out.pos
-	if _, err := out.Write(table); err != nil {
+	if err := out.writeSparse(table); err != nil {
 		return err
 	}
 	if err := out.flush(); err != nil {
+		return err
+	}
+	// The tables' zero tails are holes: set the length so that the last cluster is whole.
+	if err := out.truncate(out.pos); err != nil {
 		return err
 	}
 
@@ -214,10 +215,10 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 	be.PutUint32(h[96:], 4) // refcount_order: 16-bit refcounts
 	be.PutUint32(h[100:], 104)
 	// Bytes 104..111 stay zero: the end of the (empty) header extension list.
-	if err := out.writeAt(l1, qcowCluster); err != nil {
+	if err := out.writeAtSparse(l1, qcowCluster); err != nil {
 		return err
 	}
-	if err := out.writeAt(h, 0); err != nil {
+	if err := out.writeAtSparse(h, 0); err != nil {
 		return err
 	}
 	return nil

@@ -77,10 +77,7 @@ func writeVMDK(ctx context.Context, src *os.File, size int64, out *output, opts 
 				// The grain's whole record: LBA and size, the zlib stream, zeros to the sector end.
 				bb.Reset()
 				zw.Reset(&bb)
-				if _, err := zw.Write(u); err != nil {
-					return dst, err
-				}
-				if err := zw.Close(); err != nil {
+				if err := deflateSplit(zw, u); err != nil {
 					return dst, err
 				}
 				var hdr [12]byte
@@ -150,7 +147,7 @@ func writeVMDK(ctx context.Context, src *os.File, size int64, out *output, opts 
 	front := make([]byte, vmdkOverhead*512)
 	copy(front, vmdkHeader(capacity, vmdkGDAtEnd))
 	copy(front[vmdkDescOff*512:], desc)
-	return out.writeAt(front, 0)
+	return out.writeAtSparse(front, 0)
 }
 
 // vmdkMarker is a metadata marker sector: the size in sectors of what follows, a zero data size (which is
