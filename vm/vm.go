@@ -102,7 +102,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 
 // KVMSilence is how long a guest under a detected KVM may stay silent on the console before Run gives
 // up on KVM and boots it again under TCG. Firmware and kernel print within a few seconds under KVM.
-var KVMSilence = 20 * time.Second
+var KVMSilence = 10 * time.Second
 
 var errSilent = errors.New("no console output")
 
