@@ -428,3 +428,50 @@ func TestBuildSlot(t *testing.T) {
 		t.Fatal("bad slot accepted")
 	}
 }
+
+// TestCompressedModules: .ko.xz and .ko.zst are stored decompressed in the initramfs (finit_module then
+// needs no in-kernel decompression), under their .ko name.
+func TestCompressedModules(t *testing.T) {
+	for _, tc := range []struct{ suffix, tool string }{{".ko.xz", "xz"}, {".ko.zst", "zstd"}, {".ko.gz", "gzip"}} {
+		t.Run(tc.tool, func(t *testing.T) {
+			if _, err := exec.LookPath(tc.tool); err != nil {
+				t.Fatalf("%s is needed", tc.tool)
+			}
+			comp := run(t, []byte("plain module bytes"), tc.tool, "-c")
+			n := &tree.Node{Type: tree.TypeRegular, Mode: 0o644, Size: int64(len(comp)), Content: tree.BytesContent(comp)}
+			tr := mkTree(map[string]*tree.Node{
+				"usr/lib/modules/6.1/kernel/fs/squashfs/squashfs" + tc.suffix: n,
+				"usr/lib/modules/6.1/modules.dep":                             file("kernel/fs/squashfs/squashfs" + tc.suffix + ":\n"),
+				"usr/lib/modules/6.1/modules.builtin":                         file("kernel/drivers/md/dm-mod.ko\nkernel/drivers/md/dm-verity.ko\n"),
+				"lib":                                                         {Type: tree.TypeSymlink, Target: "usr/lib"},
+			})
+			set, err := ResolveModules(tr, "6.1", []string{"dm-mod", "dm-verity", "squashfs"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(set.Modules) != 1 || len(set.Builtin) != 2 {
+				t.Fatalf("%+v", set)
+			}
+			raw, err := BuildInitramfs(set, InitramfsOptions{Init: staticBinary(t), Compression: None})
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			cmd := exec.Command("cpio", "-i", "-d", "--quiet", "--no-absolute-filenames")
+			cmd.Dir = dir
+			cmd.Stdin = bytes.NewReader(raw)
+			cmd.Run()
+			got, err := os.ReadFile(filepath.Join(dir, "lib/modules/6.1/kernel/fs/squashfs/squashfs.ko"))
+			if err != nil || string(got) != "plain module bytes" {
+				t.Fatalf("module in the initramfs: %q %v", got, err)
+			}
+		})
+	}
+}
+
+func TestRequiredModuleMissing(t *testing.T) {
+	tr := mkTree(map[string]*tree.Node{"lib/modules/6.1/modules.builtin": file("kernel/fs/ext4/ext4.ko\n")})
+	if _, err := ResolveModules(tr, "6.1", DefaultModules); err == nil || !strings.Contains(err.Error(), "dm_mod") {
+		t.Fatalf("err = %v", err)
+	}
+}
