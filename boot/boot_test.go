@@ -409,25 +409,6 @@ func fileSize(p string) int64 {
 	return fi.Size()
 }
 
-func TestBuildSlot(t *testing.T) {
-	tr := fakeModuleTree()
-	boot := tree.NewDir(0o755, 0, 0, 0)
-	boot.SetChild("vmlinuz-6.1.0-test", file("kernel"))
-	tr.Root.SetChild("boot", boot)
-	s, err := BuildSlot(tr, SlotConfig{Slot: "b", Name: "demo", Version: "2.0", Tries: DefaultTries, Initramfs: InitramfsOptions{Init: staticBinary(t)},
-		Cmdline: CmdlineOptions{Verity: Verity{DataPartUUID: "x", HashPartUUID: "y", DataBlocks: 2, RootHash: "ab"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s.KernelPath != "osbuild/b/vmlinuz" || s.Entry.FileName() != "loader/entries/osbuild-b+3.conf" ||
-		s.Entry.Linux != "/osbuild/b/vmlinuz" || s.Kernel.Version != "6.1.0-test" || len(s.Initrd) == 0 ||
-		s.Entry.SortKey != "osbuild-demo" || s.Entry.Title != "demo 2.0 (B)" || !strings.Contains(s.Entry.Options, " osbuild.slot=b") {
-		t.Fatalf("%+v", s)
-	}
-	if _, err := BuildSlot(tr, SlotConfig{Slot: "a/b"}); err == nil {
-		t.Fatal("bad slot accepted")
-	}
-}
 
 // TestCompressedModules: .ko.xz and .ko.zst are stored decompressed in the initramfs (finit_module then
 // needs no in-kernel decompression), under their .ko name.
