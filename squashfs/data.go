@@ -357,6 +357,10 @@ func (p *pipeline) sequence(ctx context.Context, jobs chan<- *block, release fun
 	bs := int64(p.o.BlockSize)
 
 	emit := func(b *block) error {
+		if ctx.Err() != nil {
+			p.putBuf(b.in)
+			return context.Cause(ctx)
+		}
 		select {
 		case p.slots <- struct{}{}:
 		case <-ctx.Done():
@@ -400,6 +404,11 @@ func (p *pipeline) sequence(ctx context.Context, jobs chan<- *block, release fun
 	}
 
 	for _, f := range p.files {
+		// select picks at random among ready cases: check first so that a cancelled run stops
+		// at the next file rather than eventually.
+		if ctx.Err() != nil {
+			return context.Cause(ctx)
+		}
 		select {
 		case <-f.ready:
 		case <-ctx.Done():

@@ -27,6 +27,9 @@ import (
 // when w can be truncated (an *os.File) it is cut to that size.
 func Write(ctx context.Context, w io.WriterAt, t *tree.Tree, opts Options) (Stats, error) {
 	var st Stats
+	if err := ctx.Err(); err != nil {
+		return st, err
+	}
 	o, err := opts.normalize()
 	if err != nil {
 		return st, err
