@@ -70,6 +70,11 @@ func (d *Device) Status() (*Status, error) {
 	}
 	_, trial := d.onTrial()
 	st.MarkedGood = !trial
+	if !d.Online && st.Running.State == "trial" && st.Other.State == "good" {
+		// Offline, "running" is the slot that boots next; an update that waits for its first try is
+		// better told as staged beside the good slot it will fall back to.
+		st.Running, st.Other, st.MarkedGood = st.Other, st.Running, true
+	}
 	switch st.Other.State {
 	case "trial":
 		st.Staged = st.Other.Version

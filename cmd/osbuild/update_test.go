@@ -461,9 +461,9 @@ func TestUpdate(t *testing.T) {
 		if _, stderr, code := run(t, f.dir, nil, "update", "apply", "--disk", disk, "--from", "oci:"+layout, "--key", f.pub); code != 0 {
 			t.Fatalf("apply v3 from oci:DIR: %s", stderr)
 		}
-		st, _, _ := run(t, f.dir, nil, "update", "status", "--disk", disk)
+		st, stderr, _ := run(t, f.dir, nil, "update", "status", "--disk", disk)
 		if !regexp.MustCompile(`staged:\s+3\.0\.0`).MatchString(st) {
-			t.Errorf("status after staging v3:\n%s", st)
+			t.Errorf("status after staging v3:\n%s%s", st, stderr)
 		}
 		bootVM(t, disk, false, 6*time.Minute,
 			`osbuild: test: broken root 3\.0\.0`, `osbuild: test: broken root 3\.0\.0`, `osbuild: test: broken root 3\.0\.0`,
