@@ -59,12 +59,12 @@ type block struct {
 // pipeline moves file content through prefetch → sequence → compress → ordered write. Memory is
 // bounded by the prefetch budget plus a fixed number of blocks in flight, whatever the file sizes.
 type pipeline struct {
-	o      Options
-	codec  codec
-	out    *outWriter
-	files  []*fileJob
-	stats  *Stats
-	total  int64
+	o     Options
+	codec codec
+	out   *outWriter
+	files []*fileJob
+	stats *Stats
+	total int64
 
 	pool      sync.Pool
 	slots     chan struct{} // one token per block in flight
