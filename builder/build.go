@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"osbuild.dev/osbuild/boot"
+	"osbuild.dev/osbuild/formats"
 	"osbuild.dev/osbuild/layers"
 	"osbuild.dev/osbuild/partitions"
 	"osbuild.dev/osbuild/squashfs"
@@ -31,6 +32,8 @@ type BuildOptions struct {
 	Self string
 	// Log receives one line per stage; nil is quiet.
 	Log io.Writer
+	// Formats overrides the variant's outputs: (raw, qcow2, vmdk, vhd, vhd-fixed).
+	Formats []string
 }
 
 // Manifest is NAME-VERSION.json: everything needed to check, repeat or publish a build.
@@ -275,11 +278,45 @@ func Build(ctx context.Context, spec *variant.Spec, opts BuildOptions) (_ *Manif
 			return nil, err
 		}
 	}
-	raw, err := out.info(rawF, "raw")
-	if err != nil {
-		return nil, err
+	// The raw image is built once and converted for each other format; it stays only when asked for.
+	wanted := spec.Outputs
+	if len(opts.Formats) > 0 {
+		wanted = opts.Formats
 	}
-	m.Outputs = append(m.Outputs, raw)
+	keepRaw := false
+	for _, f := range wanted {
+		if f == formats.Raw {
+			keepRaw = true
+			continue
+		}
+		start = time.Now()
+		dst, err := out.create(base + formats.Ext(f))
+		if err != nil {
+			return nil, err
+		}
+		fopts := formats.Options{Name: base + formats.Ext(f)}
+		if opts.SourceDateEpoch != nil {
+			fopts.SourceDateEpoch = *opts.SourceDateEpoch
+		}
+		if err := formats.Convert(ctx, rawF, f, dst, fopts); err != nil {
+			return nil, fmt.Errorf("convert to %s: %w", f, err)
+		}
+		info, err := out.info(dst, f)
+		if err != nil {
+			return nil, err
+		}
+		m.Outputs = append(m.Outputs, info)
+		logf("%s: %s in %s", f, info.File, time.Since(start).Round(time.Millisecond))
+	}
+	if keepRaw {
+		raw, err := out.info(rawF, formats.Raw)
+		if err != nil {
+			return nil, err
+		}
+		m.Outputs = append([]FileInfo{raw}, m.Outputs...)
+	} else {
+		out.drop(rawF)
+	}
 	if err := out.writeJSON(base+".json", m); err != nil {
 		return nil, err
 	}
@@ -444,6 +481,19 @@ func (o *outputs) commit() error {
 	}
 	o.files = nil
 	return nil
+}
+
+// drop removes one output that served only as an intermediate.
+func (o *outputs) drop(f *os.File) {
+	for i, of := range o.files {
+		if of == f {
+			f.Close()
+			os.Remove(f.Name())
+			o.files = append(o.files[:i], o.files[i+1:]...)
+			o.names = append(o.names[:i], o.names[i+1:]...)
+			return
+		}
+	}
 }
 
 func (o *outputs) discard() {

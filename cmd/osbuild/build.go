@@ -14,6 +14,7 @@ import (
 func init() {
 	var outDir string
 	var quiet bool
+	var formatList []string
 	cmd := &cobra.Command{
 		Use:   "build VARIANT -o OUTDIR",
 		Short: "Build a bootable A/B disk image (and its root, verity tree, kernel, initrd and manifest)",
@@ -26,7 +27,7 @@ func init() {
 			if err := os.MkdirAll(outDir, 0o755); err != nil {
 				return fmt.Errorf("output folder: %w", err)
 			}
-			opts := builder.BuildOptions{Options: buildOptions(), OutDir: outDir}
+			opts := builder.BuildOptions{Options: buildOptions(), OutDir: outDir, Formats: formatList}
 			if !quiet {
 				opts.Log = os.Stderr
 			}
@@ -42,5 +43,6 @@ func init() {
 	}
 	cmd.Flags().StringVarP(&outDir, "output", "o", "out", "output folder")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only the output paths")
+	cmd.Flags().StringSliceVar(&formatList, "format", nil, "output formats, overriding the variant's outputs: raw, qcow2, vmdk, vhd, vhd-fixed")
 	addCommand(cmd)
 }

@@ -187,6 +187,31 @@ func TestBuildMinimal(t *testing.T) {
 		tool(t, "unsquashfs", "-s", filepath.Join(dir, "minimal-1.0.0.root.squashfs"))
 	})
 
+	t.Run("formats match the raw image and qcow2 boots", func(t *testing.T) {
+		// The build converts its raw image and keeps only what was asked for; the raw image of the first
+		// build is the same bytes (see "reproducible"), so it is the reference.
+		out := t.TempDir()
+		_, stderr, code := run(t, ".", []string{minimalEpoch}, "build", "-q", "--cache", filepath.Join(os.TempDir(), "osbuild-test-cache"),
+			"../../examples/minimal/variant.yaml", "-o", out, "--format", "qcow2,vmdk,vhd,vhd-fixed")
+		if code != 0 {
+			t.Fatalf("build --format: %s", stderr)
+		}
+		if _, err := os.Stat(filepath.Join(out, "minimal-1.0.0.raw")); err == nil {
+			t.Error("raw was not asked for but kept")
+		}
+		for _, f := range []struct{ file, qemu string }{{"minimal-1.0.0.qcow2", "qcow2"}, {"minimal-1.0.0.vmdk", "vmdk"}, {"minimal-1.0.0.vhd", "vpc"}, {"minimal-1.0.0-fixed.vhd", "vpc"}} {
+			p := filepath.Join(out, f.file)
+			if f.qemu != "vpc" {
+				tool(t, "qemu-img", "check", "-f", f.qemu, p)
+			}
+			// qemu-img check knows no VHD; compare reads every sector of both.
+			if o := tool(t, "qemu-img", "compare", "-f", "raw", "-F", f.qemu, raw, p); !strings.Contains(o, "Images are identical") {
+				t.Errorf("%s: %s", f.file, o)
+			}
+		}
+		bootImage(t, filepath.Join(out, "minimal-1.0.0.qcow2"), "90s", `osbuild: booted 1\.0\.0 slot a`)
+	})
+
 	t.Run("boots and keeps its data", func(t *testing.T) {
 		img := copyImage(t, raw)
 		bootImage(t, img, "90s", `osbuild: booted 1\.0\.0 slot a`, `boot number 1 on this data partition`)
