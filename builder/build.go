@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -102,6 +103,11 @@ func Build(ctx context.Context, spec *variant.Spec, opts BuildOptions) (_ *Manif
 	}
 	if st, err := os.Stat(opts.OutDir); err != nil || !st.IsDir() {
 		return nil, fmt.Errorf("output folder %s does not exist: create it first", opts.OutDir)
+	}
+	for _, f := range opts.Formats {
+		if !slices.Contains(formats.Names, f) {
+			return nil, fmt.Errorf("unknown output format %q: use %s", f, strings.Join(formats.Names, ", "))
+		}
 	}
 	logf := func(format string, args ...any) {
 		if opts.Log != nil {
