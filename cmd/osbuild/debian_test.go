@@ -99,7 +99,7 @@ func bootDebian(t *testing.T, raw, timeout string, expect ...string) string {
 	if code != 0 {
 		t.Fatalf("boot %s: exit %d, wanted %q\nconsole:\n%s\n%s", raw, code, expect, tail(stdout, 6000), stderr)
 	}
-	t.Logf("boot %s: matched %d patterns after %s%s", filepath.Base(raw), len(expect), time.Since(start).Round(time.Second),
+	t.Logf("boot %s: matched %d patterns after %s; %s", filepath.Base(raw), len(expect), time.Since(start).Round(time.Second),
 		strings.TrimSpace(tail(stderr, 200)))
 	return stdout
 }
@@ -354,5 +354,64 @@ func TestDebianUpdate(t *testing.T) {
 	sameValues(t, "ssh host key", consoleValues(console, "ssh host key"), 4)
 	if !regexp.MustCompile(`boot number [45] on this data partition`).MatchString(console) {
 		t.Errorf("the data partition's boot counter did not survive the rollback")
+	}
+}
+
+// TestDebianRebootPolicy runs examples/debian's update script (osbuild-update.service) with stand-ins for
+// osbuild, systemctl, systemd-run and date: which update.reboot policies reboot now, which schedule the
+// window's next start, and that a version that already failed here is not applied again.
+func TestDebianRebootPolicy(t *testing.T) {
+	script, _ := filepath.Abs("../../examples/debian/overlay/usr/lib/osbuild/update")
+	bin := t.TempDir()
+	stubs := map[string]string{
+		"osbuild": `case "$*" in
+  *"update check"*) echo "update available: debian 1.0.0 → 2.0.0 (sha256:abc)";;
+  *"update apply"*) echo "applied 2.0.0 to slot B (osbuild-b+3.conf): it boots next";;
+  *"update status --json"*) printf '{\n  "staged": "2.0.0",\n  "failed": "%s"\n}\n' "$FAKE_FAILED";;
+esac`,
+		"systemctl":   `echo "systemctl $*"; [ "$1" = is-active ] && exit 3; exit 0`,
+		"systemd-run": `echo "systemd-run $*"`,
+		"date":        `case "$1" in +%H:%M) echo "$FAKE_HM";; +%u) echo "$FAKE_DOW";; *) exec /bin/date "$@";; esac`,
+	}
+	for name, body := range stubs {
+		if err := os.WriteFile(filepath.Join(bin, name), []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		policy, dow, hm, failed string
+		want                    string
+	}{
+		{`window \"Sun 02:00-04:00\"`, "7", "03:00", "", "rebooting into it (window"},
+		{`window \"Sun 02:00-04:00\"`, "7", "04:00", "", "--on-calendar=Sun 02:00 systemctl reboot"},
+		{`window \"Sun 02:00-04:00\"`, "1", "03:00", "", "--on-calendar=Sun 02:00 systemctl reboot"},
+		{`window \"Sat 23:30-01:00\"`, "7", "00:30", "", "rebooting into it (window"},
+		{`window \"Sat 23:30-01:00\"`, "7", "23:45", "", "--on-calendar=Sat 23:30"},
+		{`window \"Mon..Fri 09:00-10:00\"`, "3", "09:05", "", "rebooting into it (window"},
+		{`window \"Sat,Sun 09:00-10:00\"`, "3", "09:05", "", "--on-calendar=Sat,Sun 09:00"},
+		{`window \"* 09:00-10:00\"`, "3", "08:59", "", "--on-calendar=09:00"},
+		{"never", "3", "09:05", "", "update.reboot is never"},
+		{"", "3", "09:05", "", "(immediate)"},
+		{"immediate", "3", "09:05", "2.0.0", "2.0.0 failed its boot tries on this machine: not installing it again"},
+	} {
+		settings := filepath.Join(t.TempDir(), "variant.json")
+		os.WriteFile(settings, []byte(fmt.Sprintf("{\n  \"update\": {\n    \"repository\": \"r\",\n    \"reboot\": \"%s\"\n  }\n}\n", c.policy)), 0o644)
+		cmd := exec.Command("sh", script)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "OSBUILD_SETTINGS="+settings,
+			"FAKE_DOW="+c.dow, "FAKE_HM="+c.hm, "FAKE_FAILED="+c.failed)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Errorf("reboot %q at day %s %s: %v\n%s", c.policy, c.dow, c.hm, err, out)
+			continue
+		}
+		last := strings.TrimSpace(string(out))
+		if !strings.Contains(last, c.want) {
+			t.Errorf("reboot %q at day %s %s: want %q in\n%s", c.policy, c.dow, c.hm, c.want, out)
+		}
+		rebooted := regexp.MustCompile(`(?m)^systemctl reboot$`).MatchString(last)
+		wantReboot := strings.Contains(c.want, "rebooting into it") || c.want == "(immediate)"
+		if rebooted != wantReboot {
+			t.Errorf("reboot %q at day %s %s: rebooted %v, want %v\n%s", c.policy, c.dow, c.hm, rebooted, wantReboot, out)
+		}
 	}
 }
