@@ -90,12 +90,31 @@ func buildDebian(t *testing.T, variant, out string) {
 // has matched every pattern in order, and returns the console.
 func bootDebian(t *testing.T, raw, timeout string, expect ...string) string {
 	t.Helper()
+	return bootDebianRetry(t, raw, timeout, false, expect...)
+}
+
+// bootMenuStuck says whether a console ends at systemd-boot's menu, with nothing of the system after it.
+func bootMenuStuck(console string) bool {
+	i := regexp.MustCompile(`debian [0-9.]+ \([AB]\)`).FindStringIndex(console)
+	return i != nil && !strings.Contains(console[i[1]:], "osbuild") && !strings.Contains(console[i[1]:], "systemd")
+}
+
+// bootDebianRetry is bootDebian that boots once more when systemd-boot stopped at its menu (only for
+// boots that are not on trial: a boot that never started counts no try, but the test cannot tell).
+func bootDebianRetry(t *testing.T, raw, timeout string, retryMenu bool, expect ...string) string {
+	t.Helper()
 	args := []string{"run", raw, "--memory", debianMemory, "--timeout", timeout}
 	for _, e := range expect {
 		args = append(args, "--expect", e)
 	}
 	start := time.Now()
 	stdout, stderr, code := run(t, ".", nil, args...)
+	if code != 0 && retryMenu && bootMenuStuck(stdout) {
+		// Seen twice in about ten boots on a loaded host: systemd-boot (timeout 0) drew its menu and
+		// waited for a key. Nothing of the system had started, so booting again is the same boot.
+		t.Logf("boot %s: systemd-boot stopped at its menu; booting again", filepath.Base(raw))
+		stdout, stderr, code = run(t, ".", nil, args...)
+	}
 	if code != 0 {
 		t.Fatalf("boot %s: exit %d, wanted %q\nconsole:\n%s\n%s", raw, code, expect, tail(stdout, 6000), stderr)
 	}
@@ -164,7 +183,7 @@ func TestDebianBoots(t *testing.T) {
 		t.Logf("debian-1.0.0.%s: %d bytes", f, st.Size())
 	}
 
-	first := bootDebian(t, raw, "900s",
+	first := bootDebianRetry(t, raw, "600s", true,
 		debianUp("1.0.0", "a"),
 		debianRootLine,
 		debianVarLine,
@@ -184,7 +203,7 @@ func TestDebianBoots(t *testing.T) {
 		}
 	}
 	logStartup(t, "first boot", first)
-	second := bootDebian(t, raw, "900s",
+	second := bootDebianRetry(t, raw, "600s", true,
 		debianUp("1.0.0", "a"),
 		`osbuild-status: machine-id: [0-9a-f]{32} first-boot: no`,
 		`osbuild-status: boot number 2 on this data partition`,
