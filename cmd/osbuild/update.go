@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -136,6 +137,12 @@ systemd-boot boots the other slot again by itself.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if os.Getenv("GOMEMLIMIT") == "" {
+				// The root streams through one 1 MiB buffer, but the ESP code holds a whole kernel or
+				// initrd in memory (and grows it by doubling): a soft limit makes the collector return
+				// that garbage at once, keeping the agent's peak RSS near 50 MiB on small devices.
+				debug.SetMemoryLimit(32 << 20)
+			}
 			d, err := open(false)
 			if err != nil {
 				return err
