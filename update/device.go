@@ -61,7 +61,7 @@ func OpenDevice(opts DeviceOptions) (*Device, error) {
 		opts.Root = "/"
 	}
 	if opts.EFIVars == "" {
-		opts.EFIVars = "/sys/firmware/efi/efivars"
+		opts.EFIVars = defaultEFIVars
 	}
 	d := &Device{opts: opts, Online: opts.Disk == ""}
 	rel := map[string]string{}

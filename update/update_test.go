@@ -1,18 +1,22 @@
 package update
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/sigstore/sigstore/pkg/cryptoutils"
 
 	"osbuild.dev/osbuild/partitions/bootentry"
+	"osbuild.dev/osbuild/variant"
 )
 
 func entry(t *testing.T, file, version string) *bootentry.Entry {
@@ -105,5 +109,41 @@ func TestConfigValidate(t *testing.T) {
 	c.Verity.DataBlocks = 1 // would leave the tail of the root unverified
 	if err := c.Validate(); err == nil {
 		t.Fatal("a block count short of the root size passed")
+	}
+}
+
+func TestEFIStrings(t *testing.T) {
+	dir := t.TempDir()
+	if err := writeEFIString(dir, "LoaderEntryOneShot", oneShotID("osbuild-A+3.conf")); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := os.ReadFile(filepath.Join(dir, "LoaderEntryOneShot-"+loaderGUID))
+	// 4 bytes of attributes (non-volatile, boot and runtime access), then UTF-16LE with a NUL.
+	if len(raw) != 4+2*len("osbuild-a+3.conf\x00") || raw[0] != 7 || raw[4] != 'o' || raw[5] != 0 {
+		t.Fatalf("variable bytes: %x", raw)
+	}
+	got, err := readEFIString(dir, "LoaderEntryOneShot")
+	if err != nil || got != "osbuild-a+3.conf" {
+		t.Fatalf("read back %q, %v", got, err)
+	}
+	p, err := bootCountEntry(`\loader\entries\osbuild-b+2-1.conf`)
+	if err != nil || p != "loader/entries/osbuild-b+2-1.conf" {
+		t.Fatalf("LoaderBootCountPath: %q %v", p, err)
+	}
+	if _, err := bootCountEntry(`\EFI\..\x.conf`); err == nil {
+		t.Fatal("a path outside loader/entries was accepted")
+	}
+}
+
+func TestHealthChecks(t *testing.T) {
+	d := &Device{}
+	d.Settings.Health = []variant.HealthCheck{{Name: "ok", Command: "true"}, {Name: "slow", Command: "sleep 5", Timeout: "100ms"}}
+	err := d.RunHealthChecks(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), `"slow" failed`) {
+		t.Fatalf("a health check past its timeout: %v", err)
+	}
+	d.Settings.Health = d.Settings.Health[:1]
+	if err := d.RunHealthChecks(context.Background(), nil); err != nil {
+		t.Fatal(err)
 	}
 }

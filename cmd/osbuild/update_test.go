@@ -445,6 +445,13 @@ func TestUpdate(t *testing.T) {
 		if !strings.Contains(insp, "osbuild-b.conf") {
 			t.Fatalf("v2's entry is not marked good:\n%s", insp)
 		}
+		// rollback: v1 (good, older) boots next, and from then on.
+		if out, stderr, code := run(t, f.dir, nil, "update", "rollback", "--disk", offline); code != 0 || !strings.Contains(out, "osbuild-a.conf boots next") {
+			t.Fatalf("rollback: exit %d: %s%s", code, out, stderr)
+		}
+		if v := bootable(t, offline, f.man); v != "1.0.0" {
+			t.Fatalf("after rollback the disk boots %s", v)
+		}
 	})
 
 	t.Run("device updates itself then rolls back a broken release", func(t *testing.T) {
