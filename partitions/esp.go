@@ -142,6 +142,11 @@ func zeroRange(w io.WriterAt, off, n int64) error {
 
 // OpenESP opens the FAT32 file system at offset in f (a disk image or block device).
 func OpenESP(f *os.File, offset, size int64, writable bool) (*ESP, error) {
+	if writable {
+		if _, err := syncFATs(f, offset, size); err != nil {
+			return nil, fmt.Errorf("partitions: %w", err)
+		}
+	}
 	fs, err := fat32.Read(file.New(f, !writable), size, offset, sectorSize)
 	if err != nil {
 		return nil, fmt.Errorf("partitions: reading the ESP's FAT32: %w", err)

@@ -101,13 +101,6 @@ func OpenDevice(opts DeviceOptions) (*Device, error) {
 			return nil, fmt.Errorf("%s is not an osbuild A/B disk: %w", opts.Disk, err)
 		}
 	}
-	if !opts.ReadOnly {
-		esp, _ := disk.Partition(partitions.LabelESP)
-		if _, err := syncFATs(disk.File(), esp.Start, esp.Size); err != nil {
-			disk.Close()
-			return nil, fmt.Errorf("%s: %w", opts.Disk, err)
-		}
-	}
 	if d.ESP, err = disk.ESP(); err != nil {
 		disk.Close()
 		return nil, fmt.Errorf("%s: ESP: %w", opts.Disk, err)
