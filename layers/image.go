@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -80,6 +81,20 @@ func Resolve(ctx context.Context, ref string, opts ResolveOptions) (*Image, erro
 	return img, nil
 }
 
+// ParseReference parses a registry reference, reaching its host over plain HTTP when it is a loopback
+// address or listed in insecure (HOST or HOST:PORT as written in the reference).
+func ParseReference(ref string, insecure []string) (name.Reference, error) {
+	host := ref
+	if i := strings.Index(ref, "/"); i > 0 {
+		host = ref[:i]
+	}
+	var opts []name.Option
+	if isLoopback(host) || slices.Contains(insecure, host) {
+		opts = append(opts, name.Insecure)
+	}
+	return name.ParseReference(ref, opts...)
+}
+
 func isLoopback(host string) bool {
 	h := host
 	if hh, _, err := net.SplitHostPort(host); err == nil {
@@ -93,19 +108,7 @@ func isLoopback(host string) bool {
 }
 
 func resolveRemote(ctx context.Context, ref string, platform v1.Platform, opts ResolveOptions) (*Image, error) {
-	var nameOpts []name.Option
-	host := ref
-	if i := strings.Index(ref, "/"); i > 0 {
-		host = ref[:i]
-	}
-	insecure := isLoopback(host)
-	for _, h := range opts.Insecure {
-		insecure = insecure || h == host
-	}
-	if insecure {
-		nameOpts = append(nameOpts, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, nameOpts...)
+	r, err := ParseReference(ref, opts.Insecure)
 	if err != nil {
 		return nil, fmt.Errorf("image %q: %w", ref, err)
 	}

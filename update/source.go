@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -18,6 +17,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"osbuild.dev/osbuild/layers"
 )
 
 // RegistryOptions say how registries are reached.
@@ -80,32 +81,8 @@ type registrySource struct {
 	client *http.Client // authenticated, for range requests on blobs
 }
 
-func isLoopback(host string) bool {
-	h := host
-	if hh, _, err := net.SplitHostPort(host); err == nil {
-		h = hh
-	}
-	if h == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(h)
-	return ip != nil && ip.IsLoopback()
-}
-
 func newRegistrySource(ctx context.Context, ref string, ro RegistryOptions) (*registrySource, error) {
-	host := ref
-	if i := strings.Index(ref, "/"); i > 0 {
-		host = ref[:i]
-	}
-	var nopts []name.Option
-	insecure := isLoopback(host)
-	for _, h := range ro.Insecure {
-		insecure = insecure || h == host
-	}
-	if insecure {
-		nopts = append(nopts, name.Insecure)
-	}
-	r, err := name.ParseReference(ref, nopts...)
+	r, err := layers.ParseReference(ref, ro.Insecure)
 	if err != nil {
 		return nil, fmt.Errorf("reference %q: %w; use HOST/REPO[:TAG|@sha256:DIGEST] or oci:DIR", ref, err)
 	}
