@@ -74,6 +74,10 @@ type Result struct {
 	Args     []string // QEMU's command line
 }
 
+// bootMenu matches the titles systemd-boot shows in its menu for osbuild's slot entries; they are never
+// printed on a normal boot.
+var bootMenu = regexp.MustCompile(`\(slot [AB]\)`)
+
 // Errors of Run, for errors.Is.
 var (
 	ErrTimeout = errors.New("timed out")
@@ -146,6 +150,18 @@ func run(ctx context.Context, cfg Config, silence time.Duration) (Result, error)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdin = cfg.Stdin
+	// Without a user at the console, keep a way to press Enter: on a loaded host systemd-boot has been seen
+	// to stop at its menu despite "timeout 0", where a person would press Enter to boot the default entry.
+	var keys *os.File
+	if cfg.Stdin == nil {
+		kr, kw, err := os.Pipe()
+		if err != nil {
+			return res, err
+		}
+		defer kw.Close()
+		defer kr.Close()
+		cmd.Stdin, keys = kr, kw
+	}
 	// Its own process group, so that a kill reaches everything it started. Not when it reads a terminal:
 	// a background process group reading the terminal would be stopped (SIGTTIN).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: cfg.Stdin == nil}
@@ -229,8 +245,23 @@ func run(ctx context.Context, cfg Config, silence time.Duration) (Result, error)
 		silent = tm.C
 	}
 	output := (<-chan struct{})(gotOutput)
+	menuCheck := time.NewTicker(time.Second)
+	defer menuCheck.Stop()
+	menuFrom, lastLen, quietSince := 0, 0, time.Now()
 	for {
 		select {
+		case <-menuCheck.C:
+			if keys == nil {
+				continue
+			}
+			mu.Lock()
+			if out.Len() != lastLen {
+				lastLen, quietSince = out.Len(), time.Now()
+			} else if time.Since(quietSince) > 3*time.Second && bootMenu.Match(out.Bytes()[menuFrom:]) {
+				menuFrom = out.Len()
+				keys.Write([]byte("\r"))
+			}
+			mu.Unlock()
 		case <-output:
 			silent, output = nil, nil
 		case <-silent:
