@@ -152,7 +152,10 @@ func (f *updateFixture) raw(version string) string {
 // (every block, as dm-verity would read them). It returns the version that boots.
 func bootable(t *testing.T, disk string, man map[string]*builder.Manifest) string {
 	t.Helper()
-	d, err := partitions.Open(disk, false)
+	// Writable, because a kill in the middle of an ESP write can leave the second FAT behind the first:
+	// the firmware reads only the first, and opening for writing makes the second a copy of it (see
+	// partitions.OpenESP), so what is read below is what the firmware reads. Nothing else is written.
+	d, err := partitions.Open(disk, true)
 	if err != nil {
 		t.Fatal(err)
 	}
