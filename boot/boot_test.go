@@ -409,7 +409,6 @@ func fileSize(p string) int64 {
 	return fi.Size()
 }
 
-
 // TestCompressedModules: .ko.xz and .ko.zst are stored decompressed in the initramfs (finit_module then
 // needs no in-kernel decompression), under their .ko name.
 func TestCompressedModules(t *testing.T) {
