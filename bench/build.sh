@@ -11,16 +11,7 @@ cd "$(dirname "$0")/.."
 export SOURCE_DATE_EPOCH=1700000000
 work=$(mktemp -d /var/tmp/osbuild-bench-build.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-T() { /usr/bin/time -f "%e %U %S %M" -o "$work/time" "$@" >/dev/null; read -r wall user sys rss < "$work/time"; }
-
-# layers_of LAYOUT: the layer blobs of an OCI layout's only image, in order.
-layers_of() {
-  local idx man
-  idx=$1/index.json
-  man=$(python3 -c 'import json,sys;print(json.load(open(sys.argv[1]))["manifests"][0]["digest"].split(":")[1])' "$idx")
-  python3 -c 'import json,sys;[print(l["digest"].split(":")[1]) for l in json.load(open(sys.argv[1]))["layers"]]' "$1/blobs/sha256/$man" |
-    sed "s#^#$1/blobs/sha256/#"
-}
+. bench/lib.bash
 
 # pipeline VARIANT_DIR EXTRA_TAR: the standard-tool build of examples/minimal (+ an extra tar layer).
 pipeline() {
