@@ -26,42 +26,7 @@ fetch() {
   echo "$f"
 }
 
-# blob FILE MEDIATYPE: store FILE in the layout by digest, print a descriptor.
-blob() {
-  local file=$1 mt=$2 d s
-  d=$(sha256sum "$file" | cut -d' ' -f1)
-  s=$(stat -c %s "$file")
-  mkdir -p "$layout/blobs/sha256"
-  cp "$file" "$layout/blobs/sha256/$d"
-  printf '{"mediaType":"%s","digest":"sha256:%s","size":%s}' "$mt" "$d" "$s"
-}
-
-# image NAME LAYER.tar...: an OCI layout images/NAME with one image tagged v1, uncompressed layers.
-image() {
-  local name=$1; shift
-  layout="$out/$name"
-  rm -rf "$layout"
-  mkdir -p "$layout"
-  printf '{"imageLayoutVersion":"1.0.0"}' > "$layout/oci-layout"
-  local layers="" diffs="" t
-  for t in "$@"; do
-    layers="${layers:+$layers,}$(blob "$t" application/vnd.oci.image.layer.v1.tar)"
-    diffs="${diffs:+$diffs,}\"sha256:$(sha256sum "$t" | cut -d' ' -f1)\""
-  done
-  local created
-  created=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
-  printf '{"created":"%s","architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[%s]}}' \
-    "$created" "$diffs" > "$work/config.json"
-  local cfg
-  cfg=$(blob "$work/config.json" application/vnd.oci.image.config.v1+json)
-  printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":%s,"layers":[%s]}' \
-    "$cfg" "$layers" > "$work/manifest.json"
-  local man
-  man=$(blob "$work/manifest.json" application/vnd.oci.image.manifest.v1+json)
-  printf '{"schemaVersion":2,"manifests":[%s]}' \
-    "${man%\}},\"annotations\":{\"org.opencontainers.image.ref.name\":\"v1\"}}" > "$layout/index.json"
-  echo "made $layout" >&2
-}
+. "$here/../oci-layout.bash"
 
 reprotar() { # DIR OUT: a reproducible tar of DIR's contents, owned by root
   tar --sort=name --mtime="@$SOURCE_DATE_EPOCH" --owner=0 --group=0 --numeric-owner --format=pax \
