@@ -9,27 +9,16 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"osbuild.dev/osbuild/internal/tooltest"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 )
 
-func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s is missing (apt-get install qemu-utils gdisk): %v", name, err)
-	}
-}
+func needTool(t *testing.T, name string) { tooltest.Need(t, name, "qemu-utils gdisk") }
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
+func run(t *testing.T, name string, args ...string) string { return tooltest.Run(t, name, args...) }
 
 // makeDisk makes a sparse raw disk of size bytes with a GPT (sgdisk) and data at the given offsets: random
 // bytes, compressible text, a block with zeros inside it, and an unaligned write, so that every path of the

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"osbuild.dev/osbuild/internal/tooltest"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,20 +19,10 @@ import (
 )
 
 func needTool(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		t.Fatalf("%s is needed (apt-get install gdisk dosfstools mtools cryptsetup-bin), or run with -short: %v", name, err)
-	}
+	tooltest.Need(t, name, "gdisk dosfstools mtools cryptsetup-bin")
 }
 
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
+func run(t *testing.T, name string, args ...string) string { return tooltest.Run(t, name, args...) }
 
 func randomBytes(n int, seed byte) []byte {
 	b := make([]byte, n)

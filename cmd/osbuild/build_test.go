@@ -17,6 +17,7 @@ import (
 
 	"osbuild.dev/osbuild/boot"
 	"osbuild.dev/osbuild/builder"
+	"osbuild.dev/osbuild/internal/tooltest"
 	"osbuild.dev/osbuild/partitions"
 )
 
@@ -121,15 +122,6 @@ func cut(t *testing.T, raw string, p *partitions.Partition) string {
 	return dst
 }
 
-func tool(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
 // boot runs the image in QEMU until the console has matched every pattern in order.
 func bootImage(t *testing.T, raw string, timeout string, expect ...string) string {
 	t.Helper()
@@ -171,20 +163,20 @@ func TestBuildMinimal(t *testing.T) {
 	})
 
 	t.Run("standard tools accept it", func(t *testing.T) {
-		if out := tool(t, "sgdisk", "-v", raw); !strings.Contains(out, "No problems found") {
+		if out := tooltest.Run(t, "sgdisk", "-v", raw); !strings.Contains(out, "No problems found") {
 			t.Errorf("sgdisk -v: %s", out)
 		}
 		esp, _ := m.Layout.Partition(partitions.LabelESP)
-		out := tool(t, "fsck.fat", "-n", cut(t, raw, esp))
+		out := tooltest.Run(t, "fsck.fat", "-n", cut(t, raw, esp))
 		if strings.Contains(strings.ToLower(out), "warning") || strings.Contains(out, "dirty") {
 			t.Errorf("fsck.fat -n: %s", out)
 		}
 		rootA, _ := m.Layout.Partition(partitions.LabelRootA)
 		verityA, _ := m.Layout.Partition(partitions.LabelVerityA)
-		tool(t, "veritysetup", "verify", cut(t, raw, rootA), cut(t, raw, verityA), m.Verity.RootHash)
+		tooltest.Run(t, "veritysetup", "verify", cut(t, raw, rootA), cut(t, raw, verityA), m.Verity.RootHash)
 		// The separate root and verity files are what the disk holds.
-		tool(t, "veritysetup", "verify", filepath.Join(dir, "minimal-1.0.0.root.squashfs"), filepath.Join(dir, "minimal-1.0.0.verity"), m.Verity.RootHash)
-		tool(t, "unsquashfs", "-s", filepath.Join(dir, "minimal-1.0.0.root.squashfs"))
+		tooltest.Run(t, "veritysetup", "verify", filepath.Join(dir, "minimal-1.0.0.root.squashfs"), filepath.Join(dir, "minimal-1.0.0.verity"), m.Verity.RootHash)
+		tooltest.Run(t, "unsquashfs", "-s", filepath.Join(dir, "minimal-1.0.0.root.squashfs"))
 	})
 
 	t.Run("formats match the raw image and qcow2 boots", func(t *testing.T) {
@@ -202,10 +194,10 @@ func TestBuildMinimal(t *testing.T) {
 		for _, f := range []struct{ file, qemu string }{{"minimal-1.0.0.qcow2", "qcow2"}, {"minimal-1.0.0.vmdk", "vmdk"}, {"minimal-1.0.0.vhd", "vpc"}, {"minimal-1.0.0-fixed.vhd", "vpc"}} {
 			p := filepath.Join(out, f.file)
 			if f.qemu != "vpc" {
-				tool(t, "qemu-img", "check", "-f", f.qemu, p)
+				tooltest.Run(t, "qemu-img", "check", "-f", f.qemu, p)
 			}
 			// qemu-img check knows no VHD; compare reads every sector of both.
-			if o := tool(t, "qemu-img", "compare", "-f", "raw", "-F", f.qemu, raw, p); !strings.Contains(o, "Images are identical") {
+			if o := tooltest.Run(t, "qemu-img", "compare", "-f", "raw", "-F", f.qemu, raw, p); !strings.Contains(o, "Images are identical") {
 				t.Errorf("%s: %s", f.file, o)
 			}
 		}

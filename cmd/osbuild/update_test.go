@@ -11,6 +11,7 @@ import (
 	"math/rand"
 	"os"
 	"os/exec"
+	"osbuild.dev/osbuild/internal/tooltest"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -276,7 +277,7 @@ func TestUpdate(t *testing.T) {
 
 	layout := filepath.Join(f.dir, "layout-v3")
 	t.Run("skopeo sees the artifact and copies it", func(t *testing.T) {
-		raw := tool(t, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+f.repo+":3.0.0")
+		raw := tooltest.Run(t, "skopeo", "inspect", "--raw", "--tls-verify=false", "docker://"+f.repo+":3.0.0")
 		var m upd.Manifest
 		if err := json.Unmarshal([]byte(raw), &m); err != nil {
 			t.Fatal(err)
@@ -291,8 +292,8 @@ func TestUpdate(t *testing.T) {
 			}
 		}
 		sigTag := upd.SignatureTag(f.digest["3.0.0"])
-		tool(t, "skopeo", "copy", "--src-tls-verify=false", "docker://"+f.repo+":3.0.0", "oci:"+layout+":3.0.0")
-		tool(t, "skopeo", "copy", "--src-tls-verify=false", "docker://"+f.repo+":"+sigTag, "oci:"+layout+":"+sigTag)
+		tooltest.Run(t, "skopeo", "copy", "--src-tls-verify=false", "docker://"+f.repo+":3.0.0", "oci:"+layout+":3.0.0")
+		tooltest.Run(t, "skopeo", "copy", "--src-tls-verify=false", "docker://"+f.repo+":"+sigTag, "oci:"+layout+":"+sigTag)
 		if _, stderr, code := run(t, f.dir, nil, "verify", "oci:"+layout, "--key", f.pub); code != 0 {
 			t.Fatalf("osbuild verify oci:DIR: %s", stderr)
 		}
