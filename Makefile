@@ -3,7 +3,7 @@ GO      ?= go
 BIN     := bin/osbuild
 export CGO_ENABLED := 0
 
-.PHONY: build test test-short bench demo clean
+.PHONY: build test test-short fuzz bench demo clean
 build:
 	$(GO) build -trimpath -ldflags='-s -w' -o $(BIN) ./cmd/osbuild
 
@@ -11,6 +11,14 @@ build:
 test: build
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 75m ./...
+	$(MAKE) fuzz
+
+# A short run of each fuzz target beyond its seeds (one package per go test -fuzz call).
+FUZZTIME ?= 20s
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./squashfs
+	$(GO) test -run '^$$' -fuzz '^FuzzEncode$$' -fuzztime $(FUZZTIME) ./internal/zstd
+	$(GO) test -run '^$$' -fuzz '^FuzzEncode$$' -fuzztime $(FUZZTIME) ./internal/deflate
 
 test-short:
 	$(GO) test -short ./...

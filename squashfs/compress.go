@@ -9,6 +9,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/pierrec/lz4/v4"
 	"github.com/ulikunitz/xz"
+
+	zstdopt "osbuild.dev/osbuild/internal/zstd"
 )
 
 // Compressor ids of the superblock.
@@ -48,6 +50,9 @@ func newCodec(o Options) (codec, error) {
 			zstd.WithZeroFrames(true),
 		}
 		return codec{id: compZstd, options: le32(uint32(o.Level)), new: func() (compressor, error) {
+			if o.Level >= optimalZstdLevel {
+				return optZstdComp{zstdopt.NewEncoder(o.Level)}, nil
+			}
 			e, err := zstd.NewWriter(nil, opts...)
 			if err != nil {
 				return nil, err
@@ -94,6 +99,15 @@ func newCodec(o Options) (codec, error) {
 }
 
 func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
+
+// optimalZstdLevel is where C zstd switches to its optimal parser (btopt) for blocks of 128 KiB; from
+// there on our own encoder, which parses the same way, is used: klauspost's best mode compresses like C
+// zstd level 6-9, about 8 % larger than level 15 on a tree of /usr files.
+const optimalZstdLevel = 13
+
+type optZstdComp struct{ e *zstdopt.Encoder }
+
+func (c optZstdComp) compress(dst, src []byte) ([]byte, error) { return c.e.Encode(dst[:0], src), nil }
 
 type zstdComp struct{ e *zstd.Encoder }
 

@@ -13,7 +13,8 @@ type Options struct {
 	// Compression is "zstd" (default), "gzip", "xz" or "lz4".
 	Compression string
 	// Level is the compressor level; 0 picks the default. zstd 1–22 (default 15, the mksquashfs
-	// default; the Go encoder has four speed classes, see zstd.EncoderLevelFromZstd), gzip 1–9
+	// default; 13 and above use osbuild's optimal-parsing encoder, internal/zstd; below, klauspost's
+	// faster one with four speed classes, see zstd.EncoderLevelFromZstd), gzip 1–9
 	// (default 9), lz4 0 (fast, default) or 1–9 (high compression). xz has no level.
 	Level int
 	// BlockSize is the data block size: a power of two from 4 KiB to 1 MiB (default 128 KiB).
