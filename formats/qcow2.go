@@ -1,13 +1,12 @@
 package formats
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
 
-	"github.com/klauspost/compress/flate"
+	"osbuild.dev/osbuild/internal/deflate"
 )
 
 // qcow2 v3 (QEMU docs/interop/qcow2.txt), laid out for a single forward pass:
@@ -69,22 +68,18 @@ func writeQCOW2(ctx context.Context, src *os.File, size int64, out *output, opts
 	s := &scanner{unit: qcowCluster, batch: 16 * qcowCluster, workers: opts.Workers}
 	if opts.Compress {
 		s.newWorker = func() func(*chunk) error {
-			fw, _ := flate.NewWriter(nil, opts.Level)
-			var bb bytes.Buffer
+			enc := deflate.NewEncoder(opts.Level)
 			return func(c *chunk) error {
 				return eachNonZero(c, qcowCluster, func(dst []byte, _ int64, u []byte) ([]byte, error) {
 					// qcow2 compressed clusters are raw deflate (no zlib header). QEMU inflates a whole
 					// cluster in one call into a cluster-sized buffer, so back-references across the
 					// whole 64 KiB are fine.
-					bb.Reset()
-					fw.Reset(&bb)
-					if err := deflateSplit(fw, u); err != nil {
-						return dst, err
+					start := len(dst)
+					dst = enc.Encode(dst, u)
+					if len(dst)-start >= qcowCluster-512 {
+						return dst[:start], nil // not worth it: stored as a plain cluster (empty out)
 					}
-					if bb.Len() >= qcowCluster-512 {
-						return dst, nil // not worth it: stored as a plain cluster (empty out)
-					}
-					return append(dst, bb.Bytes()...), nil
+					return dst, nil
 				})
 			}
 		}

@@ -1,14 +1,13 @@
 package formats
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"os"
 	"strings"
 
-	"github.com/klauspost/compress/zlib"
+	"osbuild.dev/osbuild/internal/deflate"
 )
 
 // VMDK streamOptimized (VMware Virtual Disk Format 1.1, "Stream-Optimized Compressed Sparse Extents"):
@@ -70,21 +69,16 @@ func writeVMDK(ctx context.Context, src *os.File, size int64, out *output, opts 
 
 	s := &scanner{unit: vmdkGrain, batch: 16 * vmdkGrain, workers: opts.Workers}
 	s.newWorker = func() func(*chunk) error {
-		zw, _ := zlib.NewWriterLevel(nil, opts.Level)
-		var bb bytes.Buffer
+		enc := deflate.NewEncoder(opts.Level)
 		return func(c *chunk) error {
 			return eachNonZero(c, vmdkGrain, func(dst []byte, idx int64, u []byte) ([]byte, error) {
 				// The grain's whole record: LBA and size, the zlib stream, zeros to the sector end.
-				bb.Reset()
-				zw.Reset(&bb)
-				if err := deflateSplit(zw, u); err != nil {
-					return dst, err
-				}
-				var hdr [12]byte
-				binary.LittleEndian.PutUint64(hdr[:], uint64(idx*vmdkGrainSecs))
-				binary.LittleEndian.PutUint32(hdr[8:], uint32(bb.Len()))
-				dst = append(append(dst, hdr[:]...), bb.Bytes()...)
-				n := 12 + bb.Len()
+				start := len(dst)
+				dst = binary.LittleEndian.AppendUint64(dst, uint64(idx*vmdkGrainSecs))
+				dst = append(dst, 0, 0, 0, 0)
+				dst = enc.EncodeZlib(dst, u)
+				n := len(dst) - start
+				binary.LittleEndian.PutUint32(dst[start+8:], uint32(n-12))
 				return append(dst, zeros[:(512-n%512)%512]...), nil
 			})
 		}
