@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"osbuild.dev/osbuild/partitions/bootentry"
 )
 
 // Verity describes the dm-verity mapping of one root slot.
@@ -179,24 +181,17 @@ func (e Entry) Render() ([]byte, error) {
 	if e.Linux == "" || e.Options == "" {
 		return nil, fmt.Errorf("loader entry %s: linux and options are required", e.ID)
 	}
-	var b strings.Builder
-	line := func(k, v string) {
-		if v != "" {
-			fmt.Fprintf(&b, "%s %s\n", k, v)
-		}
-	}
 	for _, v := range []string{e.Title, e.Version, e.SortKey, e.Linux, e.Initrd, e.Options} {
 		if strings.ContainsAny(v, "\n\r") {
 			return nil, fmt.Errorf("loader entry %s: values must be single lines", e.ID)
 		}
 	}
-	line("title", e.Title)
-	line("version", e.Version)
-	line("sort-key", e.SortKey)
-	line("linux", e.Linux)
-	line("initrd", e.Initrd)
-	line("options", e.Options)
-	return []byte(b.String()), nil
+	// One writer of entry files: the agent rewrites them with bootentry too.
+	be := bootentry.Entry{Title: e.Title, Version: e.Version, SortKey: e.SortKey, Linux: e.Linux, Options: e.Options}
+	if e.Initrd != "" {
+		be.Initrd = []string{e.Initrd}
+	}
+	return be.Marshal(), nil
 }
 
 // LoaderConf is loader/loader.conf. No "default": in systemd-boot 252 the entry id includes the +N

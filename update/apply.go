@@ -33,6 +33,10 @@ type ApplyOptions struct {
 	Key crypto.PublicKey
 	// AllowDowngrade installs an older (or the same) version, and boots it once (LoaderEntryOneShot).
 	AllowDowngrade bool
+	// RetryFailed installs a version that already failed its boot tries on this machine. Without it such a
+	// release is refused: applying it again would loop (apply, fail, fall back, apply...) until a newer
+	// one is published.
+	RetryFailed bool
 	// Log receives progress lines; nil is quiet.
 	Log io.Writer
 	// Progress, when set, is called as bytes of the root and verity layers are written (tests use it to
@@ -138,6 +142,15 @@ func (d *Device) check(ctx context.Context, o ApplyOptions) (*Release, source, e
 	}
 	if err := d.runningGood(); err != nil {
 		return nil, nil, err
+	}
+	if !o.RetryFailed {
+		st, err := d.Status()
+		if err != nil {
+			return nil, nil, err
+		}
+		if st.Failed != "" && st.Failed == c.Version {
+			return nil, nil, refuse("%s failed its boot tries on this machine: not installing it again (publish a newer release, or pass --retry-failed)", c.Version)
+		}
 	}
 	t := d.Other()
 	for _, p := range []struct {

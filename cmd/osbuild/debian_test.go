@@ -423,7 +423,7 @@ func TestDebianUpdate(t *testing.T) {
 		`osbuild-health: broken: FAILED`,
 		`osbuild-health: marked this boot's entry bad; rebooting into the other slot`,
 		debianUp("2.0.0", "b"),
-		`osbuild-update: 3\.0\.0 failed its boot tries on this machine: not installing it again`,
+		`osbuild-update: no update: 3\.0\.0 failed its boot tries on this machine: not installing it again`,
 		debianRunning("2.0.0", "b"),
 		`osbuild-status: boot entry: clean`, // osbuild-b.conf, marked good before: no longer counted
 		`osbuild-status: done`,
@@ -448,7 +448,10 @@ func TestDebianRebootPolicy(t *testing.T) {
 	bin := t.TempDir()
 	stubs := map[string]string{
 		"osbuild": `case "$*" in
-  *"update check"*) echo "update available: debian 1.0.0 → 2.0.0 (sha256:abc)";;
+  *"update check"*)
+    # The agent's refusal of a release that already failed here.
+    [ -n "$FAKE_FAILED" ] && { echo "osbuild: update refused: $FAKE_FAILED failed its boot tries on this machine: not installing it again (publish a newer release, or pass --retry-failed)" >&2; exit 1; }
+    echo "update available: debian 1.0.0 → 2.0.0 (sha256:abc)";;
   *"update apply"*) echo "applied 2.0.0 to slot B (osbuild-b+3.conf): it boots next";;
   *"update status --json"*) printf '{\n  "staged": "2.0.0",\n  "failed": "%s"\n}\n' "$FAKE_FAILED";;
 esac`,
@@ -475,7 +478,7 @@ esac`,
 		{`window \"* 09:00-10:00\"`, "3", "08:59", "", "--on-calendar=09:00"},
 		{"never", "3", "09:05", "", "update.reboot is never"},
 		{"", "3", "09:05", "", "(immediate)"},
-		{"immediate", "3", "09:05", "2.0.0", "2.0.0 failed its boot tries on this machine: not installing it again"},
+		{"immediate", "3", "09:05", "2.0.0", "no update: 2.0.0 failed its boot tries on this machine: not installing it again"},
 	} {
 		settings := filepath.Join(t.TempDir(), "variant.json")
 		os.WriteFile(settings, []byte(fmt.Sprintf("{\n  \"update\": {\n    \"repository\": \"r\",\n    \"reboot\": \"%s\"\n  }\n}\n", c.policy)), 0o644)

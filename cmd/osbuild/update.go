@@ -19,8 +19,8 @@ import (
 
 func init() {
 	var (
-		disk, from, channel, keyPath, stateDir string
-		allowDowngrade, reboot, asJSON         bool
+		disk, from, channel, keyPath, stateDir      string
+		allowDowngrade, retryFailed, reboot, asJSON bool
 	)
 	root := &cobra.Command{
 		Use:   "update",
@@ -42,7 +42,7 @@ systemd-boot boots the other slot again by itself.`,
 		return upd.OpenDevice(upd.DeviceOptions{Disk: disk, ReadOnly: readOnly, StateDir: stateDir})
 	}
 	applyOptions := func() (upd.ApplyOptions, error) {
-		o := upd.ApplyOptions{RegistryOptions: registryOptions(), From: from, Channel: channel, AllowDowngrade: allowDowngrade, Log: os.Stderr}
+		o := upd.ApplyOptions{RegistryOptions: registryOptions(), From: from, Channel: channel, AllowDowngrade: allowDowngrade, RetryFailed: retryFailed, Log: os.Stderr}
 		if keyPath != "" {
 			k, err := upd.LoadPublicKey(keyPath)
 			if err != nil {
@@ -62,6 +62,7 @@ systemd-boot boots the other slot again by itself.`,
 		c.Flags().StringVar(&channel, "channel", "", "tag to use when --from names none (default the system's channel, else stable)")
 		c.Flags().StringVar(&keyPath, "key", "", "public key releases must be signed with (default /etc/osbuild/update.pub)")
 		c.Flags().BoolVar(&allowDowngrade, "allow-downgrade", false, "install an older or equal version too, and boot it once")
+		c.Flags().BoolVar(&retryFailed, "retry-failed", false, "install a version that already failed its boot tries here")
 	}
 
 	status := &cobra.Command{

@@ -486,5 +486,19 @@ func TestUpdate(t *testing.T) {
 		if !regexp.MustCompile(`osbuild-a\+0-3\.conf\s+\[bad: 0 tries left`).MatchString(insp) {
 			t.Fatalf("osbuild inspect does not show v3 at 0 tries left:\n%s", insp)
 		}
+		// The agent does not install the release that failed here again (that would loop: apply, fail, fall
+		// back, apply...), and leaves the disk as it was; --retry-failed lets it.
+		before := fileSum(t, disk)
+		if _, stderr, code := run(t, f.dir, nil, "update", "apply", "--disk", disk, "--from", "oci:"+layout, "--key", f.pub); code == 0 ||
+			!strings.Contains(stderr, "3.0.0 failed its boot tries on this machine: not installing it again") {
+			t.Fatalf("apply of the failed v3 again: exit %d: %s", code, stderr)
+		}
+		if after := fileSum(t, disk); after != before {
+			t.Fatal("the refused apply changed the disk")
+		}
+		if out, stderr, code := run(t, f.dir, nil, "update", "check", "--disk", disk, "--from", "oci:"+layout, "--key", f.pub, "--retry-failed"); code != 0 ||
+			!strings.Contains(out, "→ 3.0.0") {
+			t.Fatalf("check --retry-failed of v3: exit %d: %s%s", code, out, stderr)
+		}
 	})
 }
