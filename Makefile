@@ -13,12 +13,14 @@ test: build
 	$(GO) test -count=1 -timeout 75m ./...
 	$(MAKE) fuzz
 
-# A short run of each fuzz target beyond its seeds (one package per go test -fuzz call).
+# A short run of each fuzz target beyond its seeds (one package per go test -fuzz call). Minimizing each
+# new interesting input may take 60 s by default, which would eat the whole run: cap it by count.
 FUZZTIME ?= 20s
+FUZZ    = $(GO) test -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 50x
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzWrite$$' -fuzztime $(FUZZTIME) ./squashfs
-	$(GO) test -run '^$$' -fuzz '^FuzzEncode$$' -fuzztime $(FUZZTIME) ./internal/zstd
-	$(GO) test -run '^$$' -fuzz '^FuzzEncode$$' -fuzztime $(FUZZTIME) ./internal/deflate
+	$(FUZZ) -fuzz '^FuzzWrite$$' ./squashfs
+	$(FUZZ) -fuzz '^FuzzEncode$$' ./internal/zstd
+	$(FUZZ) -fuzz '^FuzzEncode$$' ./internal/deflate
 
 test-short:
 	$(GO) test -short ./...
