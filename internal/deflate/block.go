@@ -3,10 +3,12 @@ package deflate
 import (
 	"encoding/binary"
 	"math"
+
+	"osbuild.dev/osbuild/internal/huffman"
 )
 
 // hist counts the symbols of a run of tokens: literal/length symbols 0..285 then distance codes.
-type hist [286 + 30]int32
+type hist [286 + 30]uint32
 
 func (h *hist) add(t match) {
 	if t.length == 0 {
@@ -26,7 +28,7 @@ type splitter struct {
 	step   int
 	prefix []hist
 	bytes  []int // source offset at each grid point
-	h      huffman
+	h      huffman.Builder
 	ll     [286]uint8
 	dl     [30]uint8
 	cl     clEncoding
@@ -61,10 +63,7 @@ func (e *Encoder) writeBlocks(src []byte) {
 	e.blocks = e.blocks[:0]
 	e.splitRange(0, points)
 	for i, b := range e.blocks {
-		var bh hist
-		for s := range bh {
-			bh[s] = sp.prefix[b.b][s] - sp.prefix[b.a][s]
-		}
+		bh := sp.rangeHist(b.a, b.b)
 		e.writeBlock(src, b, &bh, i == len(e.blocks)-1)
 	}
 }
@@ -91,17 +90,23 @@ func (e *Encoder) splitRange(a, b int) {
 // estimated by entropy plus a header allowance: building the real codes for every candidate split
 // cost a fifth of the encoder's time, and the estimate picks nearly the same splits.
 func (sp *splitter) cost(a, b int) int {
+	h := sp.rangeHist(a, b)
+	return min(entropyCost(&h), fixedCost(&h), storedCost(sp.bytes[b]-sp.bytes[a]))
+}
+
+// rangeHist is the histogram of the tokens between grid points a and b.
+func (sp *splitter) rangeHist(a, b int) hist {
 	var h hist
 	for s := range h {
 		h[s] = sp.prefix[b][s] - sp.prefix[a][s]
 	}
-	return min(entropyCost(&h), fixedCost(&h), storedCost(sp.bytes[b]-sp.bytes[a]))
+	return h
 }
 
 func entropyCost(h *hist) int {
 	bitsN := 0.0
 	used := 0
-	for _, part := range [2][]int32{h[:286], h[286:]} {
+	for _, part := range [2][]uint32{h[:286], h[286:]} {
 		total := 1 // the end-of-block code, or a distance code always sent
 		sum := 0.0
 		for _, f := range part {
@@ -126,11 +131,11 @@ func entropyCost(h *hist) int {
 // dynamicCost builds the block's code lengths into sp.ll/sp.dl and its header into sp.cl and returns the
 // block's size in bits.
 func (sp *splitter) dynamicCost(h *hist) int {
-	var lf [286]int32
+	var lf [286]uint32
 	copy(lf[:], h[:286])
 	lf[256] = 1
-	sp.h.lengths(lf[:], 15, sp.ll[:])
-	sp.h.lengths(h[286:], 15, sp.dl[:])
+	sp.h.Lengths(lf[:], 15, sp.ll[:])
+	sp.h.Lengths(h[286:], 15, sp.dl[:])
 	bitsN := 3 + sp.cl.build(&sp.h, sp.ll[:], sp.dl[:])
 	for s, f := range lf {
 		bitsN += int(f) * int(sp.ll[s])
@@ -266,7 +271,7 @@ type clSym struct{ sym, extra uint8 }
 var clExtraBits = [19]uint8{16: 2, 17: 3, 18: 7}
 
 // build prepares the header for the given code lengths and returns its size in bits.
-func (c *clEncoding) build(h *huffman, ll, dl []uint8) int {
+func (c *clEncoding) build(h *huffman.Builder, ll, dl []uint8) int {
 	c.hlit = 286
 	for c.hlit > 257 && ll[c.hlit-1] == 0 {
 		c.hlit--
@@ -310,11 +315,11 @@ func (c *clEncoding) build(h *huffman, ll, dl []uint8) int {
 			c.syms = append(c.syms, clSym{v, 0})
 		}
 	}
-	var freq [19]int32
+	var freq [19]uint32
 	for _, s := range c.syms {
 		freq[s.sym]++
 	}
-	h.lengths(freq[:], 7, c.lens[:])
+	h.Lengths(freq[:], 7, c.lens[:])
 	c.hclen = 19
 	for c.hclen > 4 && c.lens[clOrder[c.hclen-1]] == 0 {
 		c.hclen--

@@ -251,28 +251,27 @@ func matchLen(a, b []byte) int {
 }
 
 // parse chooses the tokens: a shortest path over positions where each step is a literal or one of the
-// candidate matches, priced in bits. The first pass prices literals by the block's byte entropy and
-// matches by rough fixed costs; each later pass prices by the statistics of the pass before.
+// candidate matches, priced in bits by the statistics of the parse before. The first prices come from a
+// greedy parse (the longest candidate wherever there is one): far cheaper than a priced pass and nearly
+// as good a model.
 func (e *Encoder) parse(src []byte) {
 	n := len(src)
 	e.price = grow(e.price, n+1)
 	e.step = grow(e.step, n+1)
-	// The first prices come from a greedy parse (the longest candidate wherever there is one): far
-	// cheaper than a priced pass and nearly as good a model.
-	if e.greedy(n, src) < n/32 {
+	if e.greedy(src) < n/32 {
 		return // next to nothing repeats (compressed data): pricing cannot find what is not there
 	}
 	for range e.passes {
 		e.costs.fromTokens(e.toks)
-		e.shortestPath(n, src)
+		e.shortestPath(src)
 	}
 }
 
 // greedy parses into e.toks and returns how many bytes it covered with matches.
-func (e *Encoder) greedy(n int, src []byte) int {
+func (e *Encoder) greedy(src []byte) int {
 	e.toks = e.toks[:0]
 	matched := 0
-	for i := 0; i < n; {
+	for i := 0; i < len(src); {
 		a, b := e.candAt[i], e.candAt[i+1]
 		if a == b {
 			e.toks = append(e.toks, match{0, uint16(src[i])})
@@ -287,7 +286,8 @@ func (e *Encoder) greedy(n int, src []byte) int {
 	return matched
 }
 
-func (e *Encoder) shortestPath(n int, src []byte) {
+func (e *Encoder) shortestPath(src []byte) {
+	n := len(src)
 	price, step, c := e.price, e.step, &e.costs
 	for i := range price[:n+1] {
 		price[i] = costInf
@@ -363,52 +363,28 @@ func log2Price(total, count float64) uint32 {
 	return uint32(v)
 }
 
-func (c *prices) initial(src []byte) {
-	var h [256]int
-	for _, b := range src {
-		h[b]++
-	}
-	total := float64(len(src))
-	for i := range c.lit {
-		c.lit[i] = log2Price(total, float64(h[i]))
-	}
-	for l := minMatch; l <= maxMatch; l++ {
-		code := lengthCode[l]
-		c.length[l] = (7 + uint32(lengthExtra[code-257])) * costScale
-	}
-	for d := range c.dist {
-		c.dist[d] = (5 + uint32(distExtra[d])) * costScale
-	}
-}
-
 func (c *prices) fromTokens(toks []match) {
-	var lh [286]int
-	var dh [30]int
+	var h hist
 	for _, t := range toks {
-		if t.length == 0 {
-			lh[t.dist]++
-		} else {
-			lh[lengthCode[t.length]]++
-			dh[distCode(int(t.dist))]++
-		}
+		h.add(t)
 	}
-	lh[256] = 1
-	lt, dt := 0, 0
-	for _, v := range lh {
+	h[256] = 1 // the end of block
+	lt, dt := uint32(0), uint32(0)
+	for _, v := range h[:286] {
 		lt += v
 	}
-	for _, v := range dh {
+	for _, v := range h[286:] {
 		dt += v
 	}
 	for i := range c.lit {
-		c.lit[i] = log2Price(float64(lt), float64(lh[i]))
+		c.lit[i] = log2Price(float64(lt), float64(h[i]))
 	}
 	for l := minMatch; l <= maxMatch; l++ {
 		code := lengthCode[l]
-		c.length[l] = log2Price(float64(lt), float64(lh[code])) + uint32(lengthExtra[code-257])*costScale
+		c.length[l] = log2Price(float64(lt), float64(h[code])) + uint32(lengthExtra[code-257])*costScale
 	}
 	for d := range c.dist {
-		c.dist[d] = log2Price(float64(max(dt, 1)), float64(dh[d])) + uint32(distExtra[d])*costScale
+		c.dist[d] = log2Price(float64(max(dt, 1)), float64(h[286+d])) + uint32(distExtra[d])*costScale
 	}
 }
 

@@ -1,9 +1,6 @@
 package deflate
 
-import (
-	"math/bits"
-	"slices"
-)
+import "math/bits"
 
 // RFC 1951 3.2.5: length symbols 257..285 and distance codes 0..29, their bases and extra bits.
 var (
@@ -48,89 +45,6 @@ func distCode(d int) int {
 type code struct {
 	bits uint16
 	len  uint8
-}
-
-// huffman builds length-limited codes. Its scratch is reused between calls.
-type huffman struct {
-	leaves []uint64
-	weight []int64
-	parent []int32
-	depth  []uint8
-}
-
-// lengths sets lens[i] to the code length of symbol i for frequencies freq (zero: not coded), no code
-// longer than maxBits. At least two symbols always get a code, so every code is complete, which strict
-// inflaters require. The result depends only on freq.
-func (h *huffman) lengths(freq []int32, maxBits int, lens []uint8) {
-	clear(lens)
-	// Sorted by frequency then symbol, packed in one integer so that the sort is a plain one.
-	h.leaves = h.leaves[:0]
-	for s, f := range freq {
-		if f > 0 {
-			h.leaves = append(h.leaves, uint64(f)<<16|uint64(s))
-		}
-	}
-	for s := 0; len(h.leaves) < 2; s++ {
-		if freq[s] == 0 {
-			h.leaves = append(h.leaves, uint64(s))
-		}
-	}
-	slices.Sort(h.leaves)
-	m := len(h.leaves)
-	// Two-queue Huffman: leaves in order, internal nodes are made in non-decreasing weight.
-	nodes := 2*m - 1
-	h.weight = grow(h.weight, nodes)
-	h.parent = grow(h.parent, nodes)
-	h.depth = grow(h.depth, nodes)
-	for i, l := range h.leaves {
-		h.weight[i] = int64(l >> 16)
-	}
-	li, ni := 0, m // next unused leaf, next unused internal node
-	pick := func(next int) int {
-		if li < m && (ni >= next || h.weight[li] <= h.weight[ni]) {
-			li++
-			return li - 1
-		}
-		ni++
-		return ni - 1
-	}
-	for next := m; next < nodes; next++ {
-		a := pick(next)
-		b := pick(next)
-		h.weight[next] = h.weight[a] + h.weight[b]
-		h.parent[a], h.parent[b] = int32(next), int32(next)
-	}
-	h.depth[nodes-1] = 0
-	var count [64]int
-	maxDepth := 0
-	for i := nodes - 2; i >= 0; i-- {
-		h.depth[i] = h.depth[h.parent[i]] + 1
-		if i < m {
-			count[h.depth[i]]++
-			maxDepth = max(maxDepth, int(h.depth[i]))
-		}
-	}
-	// Too deep: move pairs of the deepest leaves up, keeping the tree full (the JPEG adjustment).
-	for d := maxDepth; d > maxBits; d-- {
-		for count[d] > 0 {
-			j := d - 2
-			for count[j] == 0 {
-				j--
-			}
-			count[d] -= 2
-			count[d-1]++
-			count[j+1] += 2
-			count[j]--
-		}
-	}
-	// The rarest symbols get the longest codes.
-	i := 0
-	for d := min(maxDepth, maxBits); d >= 1; d-- {
-		for range count[d] {
-			lens[uint16(h.leaves[i])] = uint8(d)
-			i++
-		}
-	}
 }
 
 // canonical fills codes from lengths (RFC 1951 3.2.2), bit-reversed for the LSB-first stream.

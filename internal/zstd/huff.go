@@ -1,6 +1,6 @@
 package zstd
 
-import "slices"
+import "osbuild.dev/osbuild/internal/huffman"
 
 const huffMaxBits = 11
 
@@ -9,113 +9,27 @@ type huffEnc struct {
 	freq    [256]uint32
 	nbits   [256]uint8
 	code    [256]uint16
-	syms    []huffNode
-	nodes   []huffNode
+	lengths huffman.Builder
 	weights [256]uint8
-	depth   [512]uint8
 	wfse    fseTable
 	bw      bitWriter
-}
-
-type huffNode struct {
-	freq   uint32
-	sym    int16 // leaf symbol, or -1
-	parent int32
 }
 
 // buildLengths computes code lengths for the symbols of h.freq, at most huffMaxBits long, forming a
 // complete prefix code (zstd derives the last weight, so the Kraft sum must be exactly one). It
 // returns the longest length, or 0 when fewer than two symbols occur.
 func (h *huffEnc) buildLengths() int {
-	h.syms = h.syms[:0]
-	for s := range h.freq {
-		h.nbits[s] = 0
-		if h.freq[s] > 0 {
-			h.syms = append(h.syms, huffNode{freq: h.freq[s], sym: int16(s)})
+	used := 0
+	for _, f := range h.freq {
+		if f > 0 {
+			used++
 		}
 	}
-	n := len(h.syms)
-	if n < 2 {
+	if used < 2 {
+		clear(h.nbits[:])
 		return 0
 	}
-	slices.SortFunc(h.syms, func(a, b huffNode) int {
-		if a.freq != b.freq {
-			return int(a.freq) - int(b.freq)
-		}
-		return int(a.sym) - int(b.sym)
-	})
-	// Two-queue Huffman: leaves sorted by frequency, internal nodes are created in nondecreasing
-	// order, so the two smallest are always at the heads of the two queues.
-	h.nodes = append(h.nodes[:0], h.syms...)
-	li, ni := 0, n
-	pick := func() int {
-		if li < n && (ni >= len(h.nodes) || h.nodes[li].freq <= h.nodes[ni].freq) {
-			li++
-			return li - 1
-		}
-		ni++
-		return ni - 1
-	}
-	for k := 0; k < n-1; k++ {
-		a := pick()
-		b := pick()
-		h.nodes = append(h.nodes, huffNode{freq: h.nodes[a].freq + h.nodes[b].freq, sym: -1, parent: -1})
-		p := int32(len(h.nodes) - 1)
-		h.nodes[a].parent = p
-		h.nodes[b].parent = p
-	}
-	// Depths: parents come after children, so walk from the root down.
-	depth := h.depth[:len(h.nodes)]
-	depth[len(depth)-1] = 0
-	for i := len(h.nodes) - 2; i >= 0; i-- {
-		depth[i] = depth[h.nodes[i].parent] + 1
-	}
-	maxLen := 0
-	for i := 0; i < n; i++ {
-		d := int(depth[i])
-		if d > maxLen {
-			maxLen = d
-		}
-	}
-	if maxLen > huffMaxBits {
-		h.limit(depth[:n])
-		maxLen = huffMaxBits
-	}
-	for i := 0; i < n; i++ {
-		h.nbits[h.syms[i].sym] = depth[i]
-	}
-	return maxLen
-}
-
-// limit shortens lengths to huffMaxBits and restores a Kraft sum of exactly one, lengthening the
-// rarest symbols first and then shortening the most frequent ones that fit the remaining slack.
-// d holds the lengths of h.syms, in increasing frequency order.
-func (h *huffEnc) limit(d []uint8) {
-	const full = 1 << huffMaxBits
-	kraft := 0
-	for i := range d {
-		if d[i] > huffMaxBits {
-			d[i] = huffMaxBits
-		}
-		kraft += full >> d[i]
-	}
-	for kraft > full {
-		// Lengthen the rarest symbol among those with the longest length below the limit.
-		best := -1
-		for i := range d {
-			if d[i] < huffMaxBits && (best < 0 || d[i] > d[best]) {
-				best = i
-			}
-		}
-		kraft -= full >> (d[best] + 1)
-		d[best]++
-	}
-	for i := len(d) - 1; i >= 0 && kraft < full; i-- {
-		for d[i] > 1 && kraft+full>>d[i] <= full {
-			kraft += full >> d[i]
-			d[i]--
-		}
-	}
+	return h.lengths.Lengths(h.freq[:], huffMaxBits, h.nbits[:])
 }
 
 // assignCodes gives canonical codes: by increasing weight (decreasing length), then symbol order,
