@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"osbuild.dev/osbuild/internal/tooltest"
 )
 
 // inputs are the shapes that exercise every block type and code path.
@@ -91,10 +93,7 @@ func TestRoundTrip(t *testing.T) {
 // TestSmallerThanZlib compares with C zlib at its default level (what qemu-img uses for VMDK grains and
 // qcow2 clusters), through Python's zlib module, on real files cut in 64 KiB grains.
 func TestSmallerThanZlib(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Fatal("python3 is needed to run C zlib for comparison: apt-get install python3")
-	}
+	tooltest.Need(t, "python3", "python3") // its zlib module is C zlib
 	var files []string
 	filepath.WalkDir("/usr/bin", func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.Type().IsRegular() {
@@ -117,7 +116,7 @@ func TestSmallerThanZlib(t *testing.T) {
 		t.Fatal(err)
 	}
 	// zlib.compress adds a 2-byte header and a 4-byte checksum per grain: count its deflate bytes only.
-	out, err := exec.Command(py, "-c", `import sys, zlib
+	out, err := exec.Command("python3", "-c", `import sys, zlib
 d = open(sys.argv[1], "rb").read()
 print(sum(len(zlib.compress(d[i:i+65536], 6)) - 6 for i in range(0, len(d), 65536)))`, in).Output()
 	if err != nil {

@@ -46,25 +46,23 @@ type parser struct {
 func (p *parser) init(level int) {
 	// Measured on system binaries and libraries: beyond 32 tree nodes and 48-byte matches the
 	// ratio barely improves while the time keeps growing.
-	var depth, suff int
-	switch {
-	case level <= 3:
-		depth, suff = 4, 16
-	case level <= 6:
-		depth, suff = 8, 24
-	case level <= 9:
-		depth, suff = 16, 32
-	case level <= 12:
-		depth, suff = 24, 40
-	case level <= 15:
-		depth, suff = 32, 48
-	case level <= 18:
-		depth, suff = 64, 96
-		p.fullLens = true
-	default:
-		depth, suff = 128, 256
-		p.fullLens = true
+	// maxLevel, tree nodes searched, length taken without pricing alternatives, price every length.
+	grades := [...]struct {
+		maxLevel, depth, suff int
+		fullLens              bool
+	}{
+		{3, 4, 16, false}, {6, 8, 24, false}, {9, 16, 32, false}, {12, 24, 40, false},
+		{15, 32, 48, false}, {18, 64, 96, true}, {1 << 30, 128, 256, true},
 	}
+	g := grades[len(grades)-1]
+	for _, c := range grades {
+		if level <= c.maxLevel {
+			g = c
+			break
+		}
+	}
+	depth, suff := g.depth, g.suff
+	p.fullLens = g.fullLens
 	p.sufficient = suff
 	p.mf.init(depth)
 	p.opt = make([]optNode, optNum+suff+2)
