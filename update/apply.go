@@ -144,11 +144,11 @@ func (d *Device) check(ctx context.Context, o ApplyOptions) (*Release, source, e
 		return nil, nil, err
 	}
 	if !o.RetryFailed {
-		st, err := d.Status()
+		es, err := d.Entries()
 		if err != nil {
 			return nil, nil, err
 		}
-		if st.Failed != "" && st.Failed == c.Version {
+		if other := slotStatus(es, d.Other()); other.State == "failed" && other.Version == c.Version {
 			return nil, nil, refuse("%s failed its boot tries on this machine: not installing it again (publish a newer release, or pass --retry-failed)", c.Version)
 		}
 	}
